@@ -1,0 +1,233 @@
+//! Batched, cached reads: turns a manifest into an observed snapshot of everything it names.
+//!
+//! Services are read 10 per DescribeServices call per cluster, Auto Scaling Groups all in one
+//! call, and task definition revisions once per ARN for the life of the [`Observer`] (they are
+//! immutable). Only "latest ACTIVE revision of a family" is asked again on every pass.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::future::join_all;
+
+use crate::cloud::{Cloud, CloudError, CloudResult, ErrorKind};
+use crate::diff::{self, ObservedService, ResourceDiff};
+use crate::manifest::{Manifest, ServiceSpec, TaskDefinitionSource};
+use crate::model::{AutoScalingGroup, Service, TaskDefinition};
+use crate::taskdef::TaskDefinitionSpec;
+
+/// What the cloud holds for one service the manifest names.
+#[derive(Debug, Clone)]
+pub struct ServiceState {
+    pub service: Service,
+    /// The revision the service runs.
+    pub running: TaskDefinition,
+    /// What the manifest asks for, resolved against its base; `None` when a family has no
+    /// ACTIVE revision.
+    pub desired_td: Option<TaskDefinitionSpec>,
+    /// The latest ACTIVE revision of the family, for `family` sources.
+    pub family_latest: Option<TaskDefinition>,
+}
+
+/// What one observation found: per resource its state, its absence, or the error that hid it.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Keyed by `cluster/service`.
+    pub services: BTreeMap<String, ServiceState>,
+    pub missing_services: Vec<String>,
+    pub auto_scaling_groups: BTreeMap<String, AutoScalingGroup>,
+    /// Resources that could not be read, keyed like the others.
+    pub errors: BTreeMap<String, CloudError>,
+}
+
+impl Snapshot {
+    /// Every resource's diff against the manifest; resources that could not be read are left out
+    /// (they are in `errors`).
+    pub fn diff(&self, manifest: &Manifest) -> Vec<ResourceDiff> {
+        let mut out = Vec::new();
+        for (_, name, spec) in manifest.auto_scaling_groups() {
+            if self.errors.contains_key(name) {
+                continue;
+            }
+            out.push(diff::auto_scaling_group(name, spec, self.auto_scaling_groups.get(name)));
+        }
+        for (cluster, name, spec) in manifest.services() {
+            let key = service_key(cluster, name);
+            if self.errors.contains_key(&key) {
+                continue;
+            }
+            out.push(service_diff(key.clone(), spec, self.services.get(&key)));
+        }
+        out
+    }
+}
+
+/// The diff of one service from its observed state (`None` = missing).
+pub fn service_diff(key: String, spec: &ServiceSpec, state: Option<&ServiceState>) -> ResourceDiff {
+    match state {
+        None => diff::service(key, spec, None, None),
+        Some(s) => diff::service(
+            key,
+            spec,
+            s.desired_td.as_ref(),
+            Some(ObservedService { service: &s.service, running: &s.running }),
+        ),
+    }
+}
+
+pub fn service_key(cluster: &str, service: &str) -> String {
+    format!("{cluster}/{service}")
+}
+
+/// Reads live state through a [`Cloud`], caching immutable task definition revisions.
+#[derive(Clone)]
+pub struct Observer {
+    cloud: Arc<dyn Cloud>,
+    revisions: Arc<Mutex<HashMap<String, TaskDefinition>>>,
+}
+
+impl Observer {
+    pub fn new(cloud: Arc<dyn Cloud>) -> Self {
+        Self { cloud, revisions: Arc::default() }
+    }
+
+    pub fn cloud(&self) -> &Arc<dyn Cloud> {
+        &self.cloud
+    }
+
+    /// Observes everything the manifest names: one batch of reads per cluster and one for all
+    /// Auto Scaling Groups, run concurrently.
+    pub async fn observe(&self, manifest: &Manifest) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+
+        let asg_names: Vec<String> = manifest.auto_scaling_groups().map(|(_, n, _)| n.to_string()).collect();
+        let asgs = async {
+            if asg_names.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.cloud.describe_auto_scaling_groups(&asg_names).await
+        };
+        let clusters = join_all(manifest.clusters.iter().filter(|(_, c)| !c.services.is_empty()).map(
+            |(cluster, c)| async move {
+                let specs: Vec<(&str, &ServiceSpec)> = c.services.iter().map(|(n, s)| (n.as_str(), s)).collect();
+                (cluster.as_str(), specs.clone(), self.observe_services(cluster, &specs).await)
+            },
+        ));
+        let (asgs, clusters) = futures::join!(asgs, clusters);
+
+        match asgs {
+            Ok(groups) => {
+                for g in groups {
+                    snapshot.auto_scaling_groups.insert(g.name.clone(), g);
+                }
+            }
+            Err(e) => {
+                for name in asg_names {
+                    snapshot.errors.insert(name, e.clone());
+                }
+            }
+        }
+        for (cluster, specs, result) in clusters {
+            match result {
+                Ok(states) => {
+                    for ((name, _), state) in specs.iter().zip(states) {
+                        let key = service_key(cluster, name);
+                        match state {
+                            Ok(Some(state)) => {
+                                snapshot.services.insert(key, state);
+                            }
+                            Ok(None) => snapshot.missing_services.push(key),
+                            Err(e) => {
+                                snapshot.errors.insert(key, e);
+                            }
+                        }
+                    }
+                }
+                // A cluster that does not exist holds none of its services.
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    snapshot.missing_services.extend(specs.iter().map(|(n, _)| service_key(cluster, n)));
+                }
+                Err(e) => {
+                    for (name, _) in specs {
+                        snapshot.errors.insert(service_key(cluster, name), e.clone());
+                    }
+                }
+            }
+        }
+        snapshot
+    }
+
+    /// Observes services of one cluster with one batched DescribeServices; the result lines up
+    /// with `specs`, `Ok(None)` meaning missing.
+    pub async fn observe_services(
+        &self,
+        cluster: &str,
+        specs: &[(&str, &ServiceSpec)],
+    ) -> CloudResult<Vec<CloudResult<Option<ServiceState>>>> {
+        let names: Vec<String> = specs.iter().map(|(n, _)| n.to_string()).collect();
+        let lookup = self.cloud.describe_services(cluster, &names).await?;
+        let mut by_name: HashMap<String, Service> = lookup.found.into_iter().map(|s| (s.name.clone(), s)).collect();
+
+        let states = specs.iter().map(|(name, spec)| {
+            let service = by_name.remove(*name);
+            async move {
+                match service {
+                    None => Ok(None),
+                    Some(service) => self.service_state(service, spec).await.map(Some),
+                }
+            }
+        });
+        Ok(join_all(states).await)
+    }
+
+    async fn service_state(&self, service: Service, spec: &ServiceSpec) -> CloudResult<ServiceState> {
+        let running_arn = service
+            .primary()
+            .map(|d| d.task_definition.clone())
+            .unwrap_or_else(|| service.task_definition.clone());
+        let running = self.revision(&running_arn).await?;
+        let family_latest = match &spec.task_definition {
+            TaskDefinitionSource::Family(family) => match self.latest(family).await {
+                Ok(td) => Some(td),
+                Err(e) if e.kind == ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            },
+            TaskDefinitionSource::File { .. } => None,
+        };
+        let desired_td = diff::desired_task_definition(spec, family_latest.as_ref());
+        Ok(ServiceState { service, running, desired_td, family_latest })
+    }
+
+    /// A revision by ARN, from the cache when it has been read before.
+    pub async fn revision(&self, arn: &str) -> CloudResult<TaskDefinition> {
+        if let Some(td) = self.cached(arn) {
+            return Ok(td);
+        }
+        let td = self.cloud.describe_task_definition(arn).await?;
+        self.remember(&td);
+        Ok(td)
+    }
+
+    /// The latest ACTIVE revision of a family. The answer changes when someone registers a
+    /// revision, so it is asked for every time; the revision it names is cached.
+    pub async fn latest(&self, family: &str) -> CloudResult<TaskDefinition> {
+        let arns = self.cloud.list_task_definitions(family, 1).await?;
+        match arns.first() {
+            Some(arn) => self.revision(arn).await,
+            None => Err(CloudError::new(
+                ErrorKind::NotFound,
+                "ecs:ListTaskDefinitions",
+                format!("family {family} has no ACTIVE revision"),
+            )),
+        }
+    }
+
+    /// Adds a revision this process registered, so it is never read back.
+    pub fn remember(&self, td: &TaskDefinition) {
+        let mut cache = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(td.arn.clone(), td.clone());
+    }
+
+    fn cached(&self, arn: &str) -> Option<TaskDefinition> {
+        self.revisions.lock().unwrap_or_else(|p| p.into_inner()).get(arn).cloned()
+    }
+}
