@@ -73,7 +73,10 @@ pub struct ObservedService<'a> {
 
 /// The task definition the manifest wants, given the base it builds on: the file, or the
 /// latest ACTIVE revision of the family. Images from the manifest replace the base's.
-pub fn desired_task_definition(spec: &ServiceSpec, family_latest: Option<&TaskDefinition>) -> Option<TaskDefinitionSpec> {
+pub fn desired_task_definition(
+    spec: &ServiceSpec,
+    family_latest: Option<&TaskDefinition>,
+) -> Option<TaskDefinitionSpec> {
     let base = match &spec.task_definition {
         crate::manifest::TaskDefinitionSource::File { spec: file, .. } => file.clone(),
         crate::manifest::TaskDefinitionSource::Family(_) => family_latest?.spec.clone(),
@@ -94,35 +97,64 @@ pub fn service(
         if let Some(count) = spec.desired_count {
             fields.push(field("desiredCount", Value::from(count), Value::Null));
         }
-        return ResourceDiff { kind: ResourceKind::Service, resource, missing: true, fields };
+        return ResourceDiff {
+            kind: ResourceKind::Service,
+            resource,
+            missing: true,
+            fields,
+        };
     };
 
     if let Some(count) = spec.desired_count {
-        fields.push(field("desiredCount", Value::from(count), Value::from(observed.service.desired_count)));
+        fields.push(field(
+            "desiredCount",
+            Value::from(count),
+            Value::from(observed.service.desired_count),
+        ));
     }
     match desired_td {
         Some(desired) => task_definition_fields(desired, &observed.running.spec, &mut fields),
         None => fields.push(field(
             "taskDefinition",
-            Value::String(format!("{} (no ACTIVE revision found)", spec.task_definition.family())),
+            Value::String(format!(
+                "{} (no ACTIVE revision found)",
+                spec.task_definition.family()
+            )),
             Value::String(observed.running.arn.clone()),
         )),
     }
-    ResourceDiff { kind: ResourceKind::Service, resource, missing: false, fields }
+    ResourceDiff {
+        kind: ResourceKind::Service,
+        resource,
+        missing: false,
+        fields,
+    }
 }
 
 /// Diffs one Auto Scaling Group's capacity.
-pub fn auto_scaling_group(name: &str, spec: &AutoScalingGroupSpec, observed: Option<&AutoScalingGroup>) -> ResourceDiff {
+pub fn auto_scaling_group(
+    name: &str,
+    spec: &AutoScalingGroupSpec,
+    observed: Option<&AutoScalingGroup>,
+) -> ResourceDiff {
     let pairs = [
         ("minSize", spec.min_size, observed.map(|o| o.min_size)),
         ("maxSize", spec.max_size, observed.map(|o| o.max_size)),
-        ("desiredCapacity", spec.desired_capacity, observed.map(|o| o.desired_capacity)),
+        (
+            "desiredCapacity",
+            spec.desired_capacity,
+            observed.map(|o| o.desired_capacity),
+        ),
     ];
     let fields = pairs
         .into_iter()
         .filter_map(|(name, desired, live)| {
             let desired = desired?;
-            Some(field(name, Value::from(desired), live.map_or(Value::Null, Value::from)))
+            Some(field(
+                name,
+                Value::from(desired),
+                live.map_or(Value::Null, Value::from),
+            ))
         })
         .collect();
     ResourceDiff {
@@ -143,10 +175,19 @@ pub fn task_definition_satisfies(desired: &TaskDefinitionSpec, live: &TaskDefini
 
 fn field(name: &str, desired: Value, observed: Value) -> FieldDiff {
     let drifted = desired != observed;
-    FieldDiff { field: name.to_string(), desired, observed, drifted }
+    FieldDiff {
+        field: name.to_string(),
+        desired,
+        observed,
+        drifted,
+    }
 }
 
-fn task_definition_fields(desired: &TaskDefinitionSpec, live: &TaskDefinitionSpec, out: &mut Vec<FieldDiff>) {
+fn task_definition_fields(
+    desired: &TaskDefinitionSpec,
+    live: &TaskDefinitionSpec,
+    out: &mut Vec<FieldDiff>,
+) {
     let desired = serde_json::to_value(desired.normalized()).unwrap_or(Value::Null);
     let live = serde_json::to_value(live.normalized()).unwrap_or(Value::Null);
     compare("taskDefinition", &desired, &live, out);
@@ -167,7 +208,10 @@ fn compare(path: &str, desired: &Value, live: &Value, out: &mut Vec<FieldDiff>) 
                 let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
                 let l = live
                     .as_array()
-                    .and_then(|ls| ls.iter().find(|l| l.get("name").and_then(Value::as_str) == Some(name)))
+                    .and_then(|ls| {
+                        ls.iter()
+                            .find(|l| l.get("name").and_then(Value::as_str) == Some(name))
+                    })
                     .unwrap_or(&Value::Null);
                 compare(&format!("{path}[{name}]"), item, l, out);
             }
@@ -201,12 +245,24 @@ mod tests {
             container_definitions: vec![ContainerDefinition {
                 name: "web".into(),
                 image: image.into(),
-                port_mappings: Some(vec![PortMapping { container_port: 8080, ..Default::default() }]),
+                port_mappings: Some(vec![PortMapping {
+                    container_port: 8080,
+                    ..Default::default()
+                }]),
                 environment: Some(vec![
-                    KeyValue { name: "B".into(), value: "2".into() },
-                    KeyValue { name: "A".into(), value: "1".into() },
+                    KeyValue {
+                        name: "B".into(),
+                        value: "2".into(),
+                    },
+                    KeyValue {
+                        name: "A".into(),
+                        value: "1".into(),
+                    },
                 ]),
-                secrets: Some(vec![Secret { name: "DB".into(), value_from: "arn:db".into() }]),
+                secrets: Some(vec![Secret {
+                    name: "DB".into(),
+                    value_from: "arn:db".into(),
+                }]),
                 ..Default::default()
             }],
             ..Default::default()
@@ -235,10 +291,16 @@ mod tests {
     fn service_spec(count: Option<i32>, image: &str) -> ServiceSpec {
         ServiceSpec {
             desired_count: count,
-            task_definition: TaskDefinitionSource::File { path: PathBuf::from("td.json"), spec: td_spec("placeholder:1") },
+            task_definition: TaskDefinitionSource::File {
+                path: PathBuf::from("td.json"),
+                spec: td_spec("placeholder:1"),
+            },
             images: BTreeMap::from([("web".to_string(), image.to_string())]),
             target_groups: vec![],
-            rollout: RolloutSpec { timeout: Duration::from_secs(600), rollback: true },
+            rollout: RolloutSpec {
+                timeout: Duration::from_secs(600),
+                rollback: true,
+            },
         }
     }
 
@@ -270,7 +332,12 @@ mod tests {
     }
 
     fn running(spec: TaskDefinitionSpec) -> TaskDefinition {
-        TaskDefinition { arn: "arn:td:1".into(), revision: 1, status: "ACTIVE".into(), spec }
+        TaskDefinition {
+            arn: "arn:td:1".into(),
+            revision: 1,
+            status: "ACTIVE".into(),
+            spec,
+        }
     }
 
     #[test]
@@ -279,9 +346,20 @@ mod tests {
         let desired = desired_task_definition(&spec, None).expect("file source");
         let td = running(as_aws_returns(&desired));
         let svc = live_service(3);
-        let diff = service("c/web".into(), &spec, Some(&desired), Some(ObservedService { service: &svc, running: &td }));
+        let diff = service(
+            "c/web".into(),
+            &spec,
+            Some(&desired),
+            Some(ObservedService {
+                service: &svc,
+                running: &td,
+            }),
+        );
         assert!(diff.in_sync(), "{:#?}", diff.changes().collect::<Vec<_>>());
-        assert!(diff.fields.iter().any(|f| f.field == "taskDefinition.containerDefinitions[web].image"));
+        assert!(diff
+            .fields
+            .iter()
+            .any(|f| f.field == "taskDefinition.containerDefinitions[web].image"));
     }
 
     #[test]
@@ -290,10 +368,21 @@ mod tests {
         let desired = desired_task_definition(&spec, None).expect("file source");
         let td = running(as_aws_returns(&td_spec("repo/web:v1")));
         let svc = live_service(3);
-        let diff = service("c/web".into(), &spec, Some(&desired), Some(ObservedService { service: &svc, running: &td }));
+        let diff = service(
+            "c/web".into(),
+            &spec,
+            Some(&desired),
+            Some(ObservedService {
+                service: &svc,
+                running: &td,
+            }),
+        );
         let changes: Vec<_> = diff.changes().collect();
         assert_eq!(changes.len(), 1, "{changes:#?}");
-        assert_eq!(changes[0].field, "taskDefinition.containerDefinitions[web].image");
+        assert_eq!(
+            changes[0].field,
+            "taskDefinition.containerDefinitions[web].image"
+        );
         assert_eq!(changes[0].observed, Value::from("repo/web:v1"));
     }
 
@@ -303,7 +392,15 @@ mod tests {
         let desired = desired_task_definition(&spec, None).expect("file source");
         let td = running(desired.clone());
         let svc = live_service(7);
-        let diff = service("c/web".into(), &spec, Some(&desired), Some(ObservedService { service: &svc, running: &td }));
+        let diff = service(
+            "c/web".into(),
+            &spec,
+            Some(&desired),
+            Some(ObservedService {
+                service: &svc,
+                running: &td,
+            }),
+        );
         assert!(diff.in_sync());
         assert!(!diff.fields.iter().any(|f| f.field == "desiredCount"));
     }
@@ -313,12 +410,29 @@ mod tests {
         let spec = service_spec(Some(3), "repo/web:v2");
         let desired = desired_task_definition(&spec, None).expect("file source");
         let mut live = as_aws_returns(&desired);
-        live.container_definitions[0].environment = Some(vec![KeyValue { name: "A".into(), value: "1".into() }]);
+        live.container_definitions[0].environment = Some(vec![KeyValue {
+            name: "A".into(),
+            value: "1".into(),
+        }]);
         let td = running(live);
         let svc = live_service(1);
-        let diff = service("c/web".into(), &spec, Some(&desired), Some(ObservedService { service: &svc, running: &td }));
+        let diff = service(
+            "c/web".into(),
+            &spec,
+            Some(&desired),
+            Some(ObservedService {
+                service: &svc,
+                running: &td,
+            }),
+        );
         let fields: Vec<_> = diff.changes().map(|f| f.field.as_str()).collect();
-        assert_eq!(fields, ["desiredCount", "taskDefinition.containerDefinitions[web].environment"]);
+        assert_eq!(
+            fields,
+            [
+                "desiredCount",
+                "taskDefinition.containerDefinitions[web].environment"
+            ]
+        );
     }
 
     #[test]
@@ -331,8 +445,18 @@ mod tests {
 
     #[test]
     fn asg_diff_compares_only_the_fields_set() {
-        let spec = AutoScalingGroupSpec { min_size: Some(1), max_size: None, desired_capacity: Some(2) };
-        let live = AutoScalingGroup { name: "g".into(), min_size: 1, max_size: 9, desired_capacity: 1, instances: vec![] };
+        let spec = AutoScalingGroupSpec {
+            min_size: Some(1),
+            max_size: None,
+            desired_capacity: Some(2),
+        };
+        let live = AutoScalingGroup {
+            name: "g".into(),
+            min_size: 1,
+            max_size: 9,
+            desired_capacity: 1,
+            instances: vec![],
+        };
         let diff = auto_scaling_group("g", &spec, Some(&live));
         let fields: Vec<_> = diff.changes().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["desiredCapacity"]);
@@ -342,7 +466,13 @@ mod tests {
     #[test]
     fn a_revision_with_equal_content_satisfies_the_desired_one() {
         let desired = td_spec("repo/web:v2");
-        assert!(task_definition_satisfies(&desired, &as_aws_returns(&desired)));
-        assert!(!task_definition_satisfies(&desired, &td_spec("repo/web:v1")));
+        assert!(task_definition_satisfies(
+            &desired,
+            &as_aws_returns(&desired)
+        ));
+        assert!(!task_definition_satisfies(
+            &desired,
+            &td_spec("repo/web:v1")
+        ));
     }
 }

@@ -13,7 +13,9 @@
 
 pub mod cloud;
 pub mod diff;
+pub mod http;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod observe;
 pub mod plan;

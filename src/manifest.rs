@@ -149,8 +149,13 @@ pub struct ServiceSpec {
 pub enum TaskDefinitionSource {
     /// The latest ACTIVE revision of the family is the base.
     Family(String),
-    /// The document read from the file is the base.
-    File { path: PathBuf, spec: TaskDefinitionSpec },
+    /// The document read from the file is the base. The path is left out of the fingerprint:
+    /// the same content read from another checkout is the same desired state.
+    File {
+        #[serde(skip)]
+        path: PathBuf,
+        spec: TaskDefinitionSpec,
+    },
 }
 
 impl TaskDefinitionSource {
@@ -195,21 +200,29 @@ impl ServiceSpec {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Manifest {
     /// Every (cluster, service name, spec), in a stable order.
     pub fn services(&self) -> impl Iterator<Item = (&str, &str, &ServiceSpec)> {
         self.clusters.iter().flat_map(|(c, cluster)| {
-            cluster.services.iter().map(move |(s, spec)| (c.as_str(), s.as_str(), spec))
+            cluster
+                .services
+                .iter()
+                .map(move |(s, spec)| (c.as_str(), s.as_str(), spec))
         })
     }
 
     /// Every (cluster, group name, spec), in a stable order.
     pub fn auto_scaling_groups(&self) -> impl Iterator<Item = (&str, &str, &AutoScalingGroupSpec)> {
         self.clusters.iter().flat_map(|(c, cluster)| {
-            cluster.auto_scaling_groups.iter().map(move |(a, spec)| (c.as_str(), a.as_str(), spec))
+            cluster
+                .auto_scaling_groups
+                .iter()
+                .map(move |(a, spec)| (c.as_str(), a.as_str(), spec))
         })
     }
 }
@@ -247,7 +260,11 @@ pub struct Invalid {
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        write!(f, "invalid manifest ({n} problem{})", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "invalid manifest ({n} problem{})",
+            if n == 1 { "" } else { "s" }
+        )?;
         for p in &self.problems {
             write!(f, "\n  {p}")?;
         }
@@ -266,7 +283,13 @@ pub fn schema_json() -> String {
 /// Reads, parses and validates a manifest file and the task definition files it names.
 pub fn load(path: &Path) -> Result<Manifest, Invalid> {
     let problem = |message: String| Invalid {
-        problems: vec![Problem { file: path.to_path_buf(), line: None, column: None, path: None, message }],
+        problems: vec![Problem {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            path: None,
+            message,
+        }],
     };
     let meta = std::fs::metadata(path).map_err(|e| problem(format!("cannot read: {e}")))?;
     if meta.len() > MAX_MANIFEST_BYTES as u64 {
@@ -293,9 +316,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, Invalid> {
             }],
         });
     }
-    let raw: RawManifest = serde_saphyr::from_str_with_options(text, parse_options())
-        .map_err(|e| Invalid { problems: vec![syntax_problem(path, &e)] })?;
-    Validator { file: path.to_path_buf(), problems: Vec::new() }.resolve(raw)
+    let raw: RawManifest =
+        serde_saphyr::from_str_with_options(text, parse_options()).map_err(|e| Invalid {
+            problems: vec![syntax_problem(path, text, &e)],
+        })?;
+    Validator {
+        file: path.to_path_buf(),
+        problems: Vec::new(),
+    }
+    .resolve(raw)
 }
 
 fn parse_options() -> serde_saphyr::Options {
@@ -325,20 +354,45 @@ fn parse_options() -> serde_saphyr::Options {
     }
 }
 
-fn syntax_problem(file: &Path, err: &serde_saphyr::Error) -> Problem {
+fn syntax_problem(file: &Path, text: &str, err: &serde_saphyr::Error) -> Problem {
     let location = err.location().filter(|l| l.line() > 0);
     let mut message = err.to_string();
     // The parser's own message repeats the position; ours is printed in front already.
     if let Some(idx) = message.find(" at line ") {
         message.truncate(idx);
     }
+    let mut position = location.map(|l| (l.line(), l.column()));
+    // The parser places an unknown field at the start of its mapping; the key itself is more
+    // useful, and it is the first `key:` from there on.
+    if let (Some((line, _)), Some(key)) = (position, unknown_field(&message)) {
+        position = find_key(text, line, key).or(position);
+    }
     Problem {
         file: file.to_path_buf(),
-        line: location.map(|l| l.line()),
-        column: location.map(|l| l.column()),
+        line: position.map(|p| p.0),
+        column: position.map(|p| p.1),
         path: None,
         message,
     }
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// The 1-based line and column of the first `key:` at or after `from_line`.
+fn find_key(text: &str, from_line: u64, key: &str) -> Option<(u64, u64)> {
+    let needle = format!("{key}:");
+    text.lines()
+        .enumerate()
+        .skip(from_line.saturating_sub(1) as usize)
+        .find_map(|(i, line)| {
+            let col = line.find(&needle)?;
+            let before = line[..col].chars().last();
+            let starts_key = before.is_none_or(|c| c.is_whitespace() || c == '{' || c == ',');
+            starts_key.then_some((i as u64 + 1, col as u64 + 1))
+        })
 }
 
 struct Validator {
@@ -361,13 +415,21 @@ impl Validator {
     fn count(&mut self, value: &Option<Spanned<i64>>, path: &str) -> Option<i32> {
         let v = value.as_ref()?;
         if v.value < 0 {
-            self.at(Some(v.referenced), path, format!("must not be negative, got {}", v.value));
+            self.at(
+                Some(v.referenced),
+                path,
+                format!("must not be negative, got {}", v.value),
+            );
             return None;
         }
         match i32::try_from(v.value) {
             Ok(n) => Some(n),
             Err(_) => {
-                self.at(Some(v.referenced), path, format!("{} is too large", v.value));
+                self.at(
+                    Some(v.referenced),
+                    path,
+                    format!("{} is too large", v.value),
+                );
                 None
             }
         }
@@ -378,10 +440,17 @@ impl Validator {
             self.at(
                 Some(raw.api_version.referenced),
                 "apiVersion",
-                format!("unknown apiVersion {:?}; expected {API_VERSION:?}", raw.api_version.value),
+                format!(
+                    "unknown apiVersion {:?}; expected {API_VERSION:?}",
+                    raw.api_version.value
+                ),
             );
         }
-        let base_dir = self.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base_dir = self
+            .file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let mut clusters = BTreeMap::new();
         for (cname, rc) in raw.clusters {
             let mut cluster = Cluster::default();
@@ -399,9 +468,15 @@ impl Validator {
             clusters.insert(cname, cluster);
         }
         if self.problems.is_empty() {
-            Ok(Manifest { path: self.file, region: raw.region, clusters })
+            Ok(Manifest {
+                path: self.file,
+                region: raw.region,
+                clusters,
+            })
         } else {
-            Err(Invalid { problems: self.problems })
+            Err(Invalid {
+                problems: self.problems,
+            })
         }
     }
 
@@ -414,16 +489,28 @@ impl Validator {
         let loc = |s: &Option<Spanned<i64>>| s.as_ref().map(|s| s.referenced);
         if let (Some(min), Some(max)) = (spec.min_size, spec.max_size) {
             if min > max {
-                self.at(loc(&ra.min_size), &format!("{p}.minSize"), format!("minSize {min} is above maxSize {max}"));
+                self.at(
+                    loc(&ra.min_size),
+                    &format!("{p}.minSize"),
+                    format!("minSize {min} is above maxSize {max}"),
+                );
             }
         }
         if let Some(desired) = spec.desired_capacity {
             let at = loc(&ra.desired_capacity);
             if let Some(min) = spec.min_size.filter(|min| desired < *min) {
-                self.at(at, &format!("{p}.desiredCapacity"), format!("desiredCapacity {desired} is below minSize {min}"));
+                self.at(
+                    at,
+                    &format!("{p}.desiredCapacity"),
+                    format!("desiredCapacity {desired} is below minSize {min}"),
+                );
             }
             if let Some(max) = spec.max_size.filter(|max| desired > *max) {
-                self.at(at, &format!("{p}.desiredCapacity"), format!("desiredCapacity {desired} is above maxSize {max}"));
+                self.at(
+                    at,
+                    &format!("{p}.desiredCapacity"),
+                    format!("desiredCapacity {desired} is above maxSize {max}"),
+                );
             }
         }
         spec
@@ -435,14 +522,21 @@ impl Validator {
         let mut images = BTreeMap::new();
         for (container, image) in &rs.images {
             if let Err(why) = check_image(&image.value) {
-                self.at(Some(image.referenced), &format!("{p}.images.{container}"), why);
+                self.at(
+                    Some(image.referenced),
+                    &format!("{p}.images.{container}"),
+                    why,
+                );
             }
             images.insert(container.clone(), image.value.clone());
         }
 
         let td_path = format!("{p}.taskDefinition");
         let td_loc = Some(rs.task_definition.referenced);
-        let task_definition = match (&rs.task_definition.value.family, &rs.task_definition.value.file) {
+        let task_definition = match (
+            &rs.task_definition.value.family,
+            &rs.task_definition.value.file,
+        ) {
             (Some(_), Some(_)) => {
                 self.at(td_loc, &td_path, "set either family or file, not both");
                 None
@@ -456,13 +550,19 @@ impl Validator {
                 None
             }
             (Some(family), None) => Some(TaskDefinitionSource::Family(family.clone())),
-            (None, Some(file)) => self.task_definition_file(&format!("{td_path}.file"), td_loc, base_dir, file),
+            (None, Some(file)) => {
+                self.task_definition_file(&format!("{td_path}.file"), td_loc, base_dir, file)
+            }
         };
 
         if let Some(TaskDefinitionSource::File { spec, .. }) = &task_definition {
             for (container, image) in &rs.images {
                 if spec.container(container).is_none() {
-                    let names: Vec<_> = spec.container_definitions.iter().map(|c| c.name.as_str()).collect();
+                    let names: Vec<_> = spec
+                        .container_definitions
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect();
                     self.at(
                         Some(image.referenced),
                         &format!("{p}.images.{container}"),
@@ -480,7 +580,11 @@ impl Validator {
             Some(t) => match humantime::parse_duration(&t.value) {
                 Ok(d) if !d.is_zero() => d,
                 Ok(_) => {
-                    self.at(Some(t.referenced), &format!("{p}.rollout.timeout"), "must be longer than zero");
+                    self.at(
+                        Some(t.referenced),
+                        &format!("{p}.rollout.timeout"),
+                        "must be longer than zero",
+                    );
                     DEFAULT_ROLLOUT_TIMEOUT
                 }
                 Err(e) => {
@@ -499,7 +603,10 @@ impl Validator {
             task_definition: task_definition?,
             images,
             target_groups: rs.target_groups,
-            rollout: RolloutSpec { timeout, rollback: rs.rollout.rollback.unwrap_or(true) },
+            rollout: RolloutSpec {
+                timeout,
+                rollback: rs.rollout.rollback.unwrap_or(true),
+            },
         })
     }
 
@@ -513,7 +620,14 @@ impl Validator {
         let full = base_dir.join(file);
         let text = match std::fs::metadata(&full) {
             Ok(m) if m.len() > MAX_TASK_DEFINITION_BYTES as u64 => {
-                self.at(loc, path, format!("{} is larger than {MAX_TASK_DEFINITION_BYTES} bytes", full.display()));
+                self.at(
+                    loc,
+                    path,
+                    format!(
+                        "{} is larger than {MAX_TASK_DEFINITION_BYTES} bytes",
+                        full.display()
+                    ),
+                );
                 return None;
             }
             Ok(_) => std::fs::read_to_string(&full),
@@ -522,7 +636,11 @@ impl Validator {
         let text = match text {
             Ok(t) => t,
             Err(e) => {
-                self.at(loc, path, format!("cannot read task definition file {}: {e}", full.display()));
+                self.at(
+                    loc,
+                    path,
+                    format!("cannot read task definition file {}: {e}", full.display()),
+                );
                 return None;
             }
         };
@@ -571,14 +689,22 @@ fn check_image(image: &str) -> Result<(), String> {
         return Err(format!("image {image:?} contains white space"));
     }
     if let Some((_, digest)) = image.split_once('@') {
-        let ok = digest.split_once(':').is_some_and(|(alg, hex)| !alg.is_empty() && !hex.is_empty());
-        return if ok { Ok(()) } else { Err(format!("image {image:?} has a malformed digest")) };
+        let ok = digest
+            .split_once(':')
+            .is_some_and(|(alg, hex)| !alg.is_empty() && !hex.is_empty());
+        return if ok {
+            Ok(())
+        } else {
+            Err(format!("image {image:?} has a malformed digest"))
+        };
     }
     // A tag is a colon after the last slash; a colon before it is a registry port.
     let last = image.rsplit('/').next().unwrap_or(image);
     match last.split_once(':') {
         Some((_, tag)) if !tag.is_empty() => Ok(()),
-        _ => Err(format!("image {image:?} has no tag or digest; pin a tag (:v1.2.3) or a digest (@sha256:...)")),
+        _ => Err(format!(
+            "image {image:?} has no tag or digest; pin a tag (:v1.2.3) or a digest (@sha256:...)"
+        )),
     }
 }
 

@@ -78,7 +78,9 @@ pub struct Service {
 
 impl Service {
     pub fn primary(&self) -> Option<&Deployment> {
-        self.deployments.iter().find(|d| d.status == DeploymentStatus::Primary)
+        self.deployments
+            .iter()
+            .find(|d| d.status == DeploymentStatus::Primary)
     }
 }
 

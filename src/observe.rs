@@ -48,7 +48,11 @@ impl Snapshot {
             if self.errors.contains_key(name) {
                 continue;
             }
-            out.push(diff::auto_scaling_group(name, spec, self.auto_scaling_groups.get(name)));
+            out.push(diff::auto_scaling_group(
+                name,
+                spec,
+                self.auto_scaling_groups.get(name),
+            ));
         }
         for (cluster, name, spec) in manifest.services() {
             let key = service_key(cluster, name);
@@ -69,7 +73,10 @@ pub fn service_diff(key: String, spec: &ServiceSpec, state: Option<&ServiceState
             key,
             spec,
             s.desired_td.as_ref(),
-            Some(ObservedService { service: &s.service, running: &s.running }),
+            Some(ObservedService {
+                service: &s.service,
+                running: &s.running,
+            }),
         ),
     }
 }
@@ -87,7 +94,10 @@ pub struct Observer {
 
 impl Observer {
     pub fn new(cloud: Arc<dyn Cloud>) -> Self {
-        Self { cloud, revisions: Arc::default() }
+        Self {
+            cloud,
+            revisions: Arc::default(),
+        }
     }
 
     pub fn cloud(&self) -> &Arc<dyn Cloud> {
@@ -99,19 +109,31 @@ impl Observer {
     pub async fn observe(&self, manifest: &Manifest) -> Snapshot {
         let mut snapshot = Snapshot::default();
 
-        let asg_names: Vec<String> = manifest.auto_scaling_groups().map(|(_, n, _)| n.to_string()).collect();
+        let asg_names: Vec<String> = manifest
+            .auto_scaling_groups()
+            .map(|(_, n, _)| n.to_string())
+            .collect();
         let asgs = async {
             if asg_names.is_empty() {
                 return Ok(Vec::new());
             }
             self.cloud.describe_auto_scaling_groups(&asg_names).await
         };
-        let clusters = join_all(manifest.clusters.iter().filter(|(_, c)| !c.services.is_empty()).map(
-            |(cluster, c)| async move {
-                let specs: Vec<(&str, &ServiceSpec)> = c.services.iter().map(|(n, s)| (n.as_str(), s)).collect();
-                (cluster.as_str(), specs.clone(), self.observe_services(cluster, &specs).await)
-            },
-        ));
+        let clusters = join_all(
+            manifest
+                .clusters
+                .iter()
+                .filter(|(_, c)| !c.services.is_empty())
+                .map(|(cluster, c)| async move {
+                    let specs: Vec<(&str, &ServiceSpec)> =
+                        c.services.iter().map(|(n, s)| (n.as_str(), s)).collect();
+                    (
+                        cluster.as_str(),
+                        specs.clone(),
+                        self.observe_services(cluster, &specs).await,
+                    )
+                }),
+        );
         let (asgs, clusters) = futures::join!(asgs, clusters);
 
         match asgs {
@@ -144,11 +166,15 @@ impl Observer {
                 }
                 // A cluster that does not exist holds none of its services.
                 Err(e) if e.kind == ErrorKind::NotFound => {
-                    snapshot.missing_services.extend(specs.iter().map(|(n, _)| service_key(cluster, n)));
+                    snapshot
+                        .missing_services
+                        .extend(specs.iter().map(|(n, _)| service_key(cluster, n)));
                 }
                 Err(e) => {
                     for (name, _) in specs {
-                        snapshot.errors.insert(service_key(cluster, name), e.clone());
+                        snapshot
+                            .errors
+                            .insert(service_key(cluster, name), e.clone());
                     }
                 }
             }
@@ -165,7 +191,11 @@ impl Observer {
     ) -> CloudResult<Vec<CloudResult<Option<ServiceState>>>> {
         let names: Vec<String> = specs.iter().map(|(n, _)| n.to_string()).collect();
         let lookup = self.cloud.describe_services(cluster, &names).await?;
-        let mut by_name: HashMap<String, Service> = lookup.found.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let mut by_name: HashMap<String, Service> = lookup
+            .found
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
 
         let states = specs.iter().map(|(name, spec)| {
             let service = by_name.remove(*name);
@@ -179,7 +209,11 @@ impl Observer {
         Ok(join_all(states).await)
     }
 
-    async fn service_state(&self, service: Service, spec: &ServiceSpec) -> CloudResult<ServiceState> {
+    async fn service_state(
+        &self,
+        service: Service,
+        spec: &ServiceSpec,
+    ) -> CloudResult<ServiceState> {
         let running_arn = service
             .primary()
             .map(|d| d.task_definition.clone())
@@ -194,7 +228,12 @@ impl Observer {
             TaskDefinitionSource::File { .. } => None,
         };
         let desired_td = diff::desired_task_definition(spec, family_latest.as_ref());
-        Ok(ServiceState { service, running, desired_td, family_latest })
+        Ok(ServiceState {
+            service,
+            running,
+            desired_td,
+            family_latest,
+        })
     }
 
     /// A revision by ARN, from the cache when it has been read before.
@@ -228,6 +267,10 @@ impl Observer {
     }
 
     fn cached(&self, arn: &str) -> Option<TaskDefinition> {
-        self.revisions.lock().unwrap_or_else(|p| p.into_inner()).get(arn).cloned()
+        self.revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(arn)
+            .cloned()
     }
 }

@@ -89,7 +89,9 @@ pub struct ContainerDefinition {
     pub mount_points: Option<Vec<MountPoint>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortMapping {
     pub container_port: i32,
@@ -104,14 +106,18 @@ pub struct PortMapping {
     pub app_protocol: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct KeyValue {
     pub name: String,
     pub value: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Secret {
     pub name: String,
@@ -141,7 +147,9 @@ pub struct HealthCheck {
     pub start_period: Option<i32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceRequirement {
     /// GPU or InferenceAccelerator.
@@ -150,7 +158,9 @@ pub struct ResourceRequirement {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MountPoint {
     pub source_volume: String,
@@ -159,7 +169,9 @@ pub struct MountPoint {
     pub read_only: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Volume {
     pub name: String,
@@ -167,7 +179,9 @@ pub struct Volume {
     pub host_path: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementConstraint {
     #[serde(rename = "type")]
@@ -196,7 +210,11 @@ impl TaskDefinitionSpec {
         if let Some(cpu) = self.cpu.as_deref().and_then(|c| c.parse().ok()) {
             return cpu;
         }
-        self.container_definitions.iter().filter_map(|c| c.cpu).map(|c| c.max(0) as u32).sum()
+        self.container_definitions
+            .iter()
+            .filter_map(|c| c.cpu)
+            .map(|c| c.max(0) as u32)
+            .sum()
     }
 
     /// Memory in MiB the task reserves: the task-level value, else the sum over containers.
@@ -257,7 +275,8 @@ impl TaskDefinitionSpec {
                 mounts.sort();
             }
         }
-        spec.container_definitions.sort_by(|a, b| a.name.cmp(&b.name));
+        spec.container_definitions
+            .sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(volumes) = &mut spec.volumes {
             volumes.sort();
         }

@@ -55,7 +55,11 @@ pub struct CloudError {
 
 impl CloudError {
     pub fn new(kind: ErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
-        Self { kind, operation, message: message.into() }
+        Self {
+            kind,
+            operation,
+            message: message.into(),
+        }
     }
 }
 
@@ -67,7 +71,11 @@ pub type CloudResult<T> = Result<T, CloudError>;
 #[async_trait]
 pub trait Cloud: Send + Sync {
     /// Services of one cluster by name.
-    async fn describe_services(&self, cluster: &str, names: &[String]) -> CloudResult<ServiceLookup>;
+    async fn describe_services(
+        &self,
+        cluster: &str,
+        names: &[String],
+    ) -> CloudResult<ServiceLookup>;
 
     /// A task definition by ARN, or `family` for its latest ACTIVE revision.
     async fn describe_task_definition(&self, arn_or_family: &str) -> CloudResult<TaskDefinition>;
@@ -75,15 +83,26 @@ pub trait Cloud: Send + Sync {
     /// ACTIVE revisions of a family, newest first, at most `limit` of them.
     async fn list_task_definitions(&self, family: &str, limit: usize) -> CloudResult<Vec<String>>;
 
-    async fn register_task_definition(&self, spec: &TaskDefinitionSpec) -> CloudResult<TaskDefinition>;
+    async fn register_task_definition(
+        &self,
+        spec: &TaskDefinitionSpec,
+    ) -> CloudResult<TaskDefinition>;
 
-    async fn update_service(&self, cluster: &str, service: &str, update: &ServiceUpdate) -> CloudResult<()>;
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        update: &ServiceUpdate,
+    ) -> CloudResult<()>;
 
     /// Replaces the given tag keys on a resource, leaving other tags alone.
     async fn tag_resource(&self, arn: &str, tags: &BTreeMap<String, String>) -> CloudResult<()>;
 
     /// Groups by name; names that do not exist are simply absent from the result.
-    async fn describe_auto_scaling_groups(&self, names: &[String]) -> CloudResult<Vec<AutoScalingGroup>>;
+    async fn describe_auto_scaling_groups(
+        &self,
+        names: &[String],
+    ) -> CloudResult<Vec<AutoScalingGroup>>;
 
     async fn update_auto_scaling_group(&self, name: &str, update: &AsgUpdate) -> CloudResult<()>;
 
@@ -103,7 +122,10 @@ pub trait Cloud: Send + Sync {
     /// Target groups by name; names that do not exist are absent from the result.
     async fn describe_target_groups(&self, names: &[String]) -> CloudResult<Vec<TargetGroup>>;
 
-    async fn describe_target_health(&self, target_group_arn: &str) -> CloudResult<Vec<TargetHealth>>;
+    async fn describe_target_health(
+        &self,
+        target_group_arn: &str,
+    ) -> CloudResult<Vec<TargetHealth>>;
 
     /// The counter this adapter records its API calls in.
     fn calls(&self) -> &CallCounter;
@@ -146,7 +168,11 @@ impl CallCounter {
     }
 
     pub fn total(&self) -> u64 {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
     }
 
     /// Write calls only: the operations that change something.
@@ -162,7 +188,16 @@ impl CallCounter {
 /// Whether an operation name (`service:Operation`) changes state.
 pub fn is_write(operation: &str) -> bool {
     let name = operation.rsplit(':').next().unwrap_or(operation);
-    ["Register", "Update", "Tag", "Terminate", "Set", "Create", "Delete", "Deregister"]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
+    [
+        "Register",
+        "Update",
+        "Tag",
+        "Terminate",
+        "Set",
+        "Create",
+        "Delete",
+        "Deregister",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
 }
