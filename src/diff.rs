@@ -15,6 +15,7 @@ use crate::taskdef::TaskDefinitionSpec;
 #[serde(rename_all = "snake_case")]
 pub enum ResourceKind {
     Service,
+    #[serde(rename = "autoscaling_group")]
     AutoScalingGroup,
 }
 
@@ -337,6 +338,7 @@ mod tests {
             revision: 1,
             status: "ACTIVE".into(),
             spec,
+            unmodelled: vec![],
         }
     }
 

@@ -17,6 +17,9 @@ pub struct TaskDefinition {
     /// ACTIVE or INACTIVE.
     pub status: String,
     pub spec: TaskDefinitionSpec,
+    /// Fields the revision sets that [`TaskDefinitionSpec`] cannot carry. A revision registered
+    /// from this one would lose them, so the controller refuses to build on it.
+    pub unmodelled: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

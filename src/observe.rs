@@ -2,18 +2,25 @@
 //!
 //! Services are read 10 per DescribeServices call per cluster, Auto Scaling Groups all in one
 //! call, and task definition revisions once per ARN for the life of the [`Observer`] (they are
-//! immutable). Only "latest ACTIVE revision of a family" is asked again on every pass.
+//! immutable). "Latest ACTIVE revision of a family" can change, so it is asked again once its
+//! answer is older than [`FAMILY_TTL`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
+use tokio::time::{Duration, Instant};
 
 use crate::cloud::{Cloud, CloudError, CloudResult, ErrorKind};
 use crate::diff::{self, ObservedService, ResourceDiff};
 use crate::manifest::{Manifest, ServiceSpec, TaskDefinitionSource};
 use crate::model::{AutoScalingGroup, Service, TaskDefinition};
 use crate::taskdef::TaskDefinitionSpec;
+
+/// How long the answer to "latest ACTIVE revision of this family" is trusted. A revision
+/// registered outside the controller is noticed within this time; this controller's own
+/// registrations are seen at once.
+pub const FAMILY_TTL: Duration = Duration::from_secs(300);
 
 /// What the cloud holds for one service the manifest names.
 #[derive(Debug, Clone)]
@@ -90,6 +97,8 @@ pub fn service_key(cluster: &str, service: &str) -> String {
 pub struct Observer {
     cloud: Arc<dyn Cloud>,
     revisions: Arc<Mutex<HashMap<String, TaskDefinition>>>,
+    /// Family -> (latest ACTIVE revision ARN, when it was asked).
+    latest: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
 
 impl Observer {
@@ -97,6 +106,7 @@ impl Observer {
         Self {
             cloud,
             revisions: Arc::default(),
+            latest: Arc::default(),
         }
     }
 
@@ -246,12 +256,28 @@ impl Observer {
         Ok(td)
     }
 
-    /// The latest ACTIVE revision of a family. The answer changes when someone registers a
-    /// revision, so it is asked for every time; the revision it names is cached.
+    /// The latest ACTIVE revision of a family, asked again once the last answer is older than
+    /// [`FAMILY_TTL`].
     pub async fn latest(&self, family: &str) -> CloudResult<TaskDefinition> {
+        let known = {
+            let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+            latest
+                .get(family)
+                .filter(|(_, at)| at.elapsed() < FAMILY_TTL)
+                .map(|(arn, _)| arn.clone())
+        };
+        if let Some(arn) = known {
+            return self.revision(&arn).await;
+        }
         let arns = self.cloud.list_task_definitions(family, 1).await?;
         match arns.first() {
-            Some(arn) => self.revision(arn).await,
+            Some(arn) => {
+                {
+                    let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+                    latest.insert(family.to_string(), (arn.clone(), Instant::now()));
+                }
+                self.revision(arn).await
+            }
             None => Err(CloudError::new(
                 ErrorKind::NotFound,
                 "ecs:ListTaskDefinitions",
@@ -260,10 +286,14 @@ impl Observer {
         }
     }
 
-    /// Adds a revision this process registered, so it is never read back.
+    /// Adds a revision this process registered, so it is never read back; it is also the
+    /// family's latest from now on.
     pub fn remember(&self, td: &TaskDefinition) {
         let mut cache = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
         cache.insert(td.arn.clone(), td.clone());
+        drop(cache);
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest.insert(td.spec.family.clone(), (td.arn.clone(), Instant::now()));
     }
 
     fn cached(&self, arn: &str) -> Option<TaskDefinition> {

@@ -211,6 +211,20 @@ async fn start_rollout(
 ) -> Result<Action, ReconcileError> {
     let service = &state.service;
     let td_arn = if diff.drifted("taskDefinition") {
+        if let Some(base) = state
+            .family_latest
+            .as_ref()
+            .filter(|td| !td.unmodelled.is_empty())
+        {
+            let why = format!(
+                "{} sets fields ecs-reconciler cannot carry ({}); a revision built on it would drop \
+                 them, so nothing is registered. Use a `file` source that sets them, or remove them",
+                short_arn(&base.arn),
+                base.unmodelled.join(", ")
+            );
+            ctl.report(obj, State::Error, Some(diff), Some(why));
+            return Ok(Action::AwaitChange);
+        }
         let Some(desired) = &state.desired_td else {
             ctl.report(
                 obj,
