@@ -188,6 +188,8 @@ pub struct Controller {
     target_groups: Mutex<HashMap<String, String>>,
     /// While throttled, the whole controller waits before each reconcile.
     throttled_until: Mutex<Option<Instant>>,
+    /// The last invalid manifest's errors, so the same problem is logged once.
+    last_invalid: Mutex<Option<String>>,
     metrics: Metrics,
 }
 
@@ -206,6 +208,7 @@ impl Controller {
             snapshot: Mutex::default(),
             target_groups: Mutex::default(),
             throttled_until: Mutex::default(),
+            last_invalid: Mutex::default(),
             metrics,
         })
     }
@@ -621,7 +624,6 @@ pub async fn run_daemon(
     let health = Arc::new(Health::new(interval.max(Duration::from_secs(30)) * 4));
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz, /status");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_state = HttpState {
         metrics: metrics.clone(),
@@ -636,12 +638,13 @@ pub async fn run_daemon(
     let _ = tx.send(Trigger::Resync).await;
     tokio::spawn(resync_timer(tx.clone(), interval));
     let (reload_tx, reload_rx) = mpsc::channel::<()>(1);
-    let _watcher = watch_manifest(&path, reload_tx.clone());
+    let watch = ManifestWatch::start(&ctl.manifest(), reload_tx.clone());
     tokio::spawn(on_manifest_trigger(
         ctl.clone(),
         path.clone(),
         reload_rx,
         tx.clone(),
+        watch,
     ));
     tokio::spawn(publish_status(ctl.clone(), health.clone()));
 
@@ -677,12 +680,16 @@ async fn on_manifest_trigger(
     path: PathBuf,
     mut reload_rx: mpsc::Receiver<()>,
     tx: mpsc::Sender<Trigger>,
+    mut watch: Option<ManifestWatch>,
 ) {
     while reload_rx.recv().await.is_some() {
         // Editors and git replace files in several steps; let them finish.
         tokio::time::sleep(DEBOUNCE).await;
         while reload_rx.try_recv().is_ok() {}
         if ctl.reload_manifest(&path) {
+            if let Some(watch) = &mut watch {
+                watch.follow(&ctl.manifest());
+            }
             let _ = tx.send(Trigger::ManifestChanged).await;
         }
     }
@@ -696,6 +703,7 @@ impl Controller {
         match manifest::load(path) {
             Ok(m) => {
                 self.metrics.set_manifest_valid(true);
+                *self.last_invalid.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if m == *self.manifest() {
                     debug!("manifest unchanged");
                     return false;
@@ -706,40 +714,90 @@ impl Controller {
             }
             Err(invalid) => {
                 self.metrics.set_manifest_valid(false);
-                error!(error = %invalid, "manifest is invalid; still reconciling the last good one");
+                let text = invalid.to_string();
+                let mut last = self.last_invalid.lock().unwrap_or_else(|p| p.into_inner());
+                if last.as_deref() == Some(text.as_str()) {
+                    debug!("manifest is still invalid in the same way");
+                } else {
+                    error!(error = %text, "manifest is invalid; still reconciling the last good one");
+                    *last = Some(text);
+                }
                 false
             }
         }
     }
 }
 
-/// Watches the manifest's directory: git and editors replace files rather than write in place.
-fn watch_manifest(path: &Path, reload: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            // A full channel already holds a reload request; one is enough.
-            let _ = reload.try_send(());
-        }
-    });
-    match watcher {
-        Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::Recursive) {
-            Ok(()) => Some(w),
+/// Watches the manifest and the task definition files it names. Git and editors replace files
+/// rather than write them in place, so the directories are watched (not recursively) and events
+/// are kept only for those files: a log written beside the manifest triggers nothing.
+struct ManifestWatch {
+    watcher: notify::RecommendedWatcher,
+    files: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
+    dirs: std::collections::HashSet<PathBuf>,
+}
+
+impl ManifestWatch {
+    fn start(manifest: &Manifest, reload: mpsc::Sender<()>) -> Option<Self> {
+        let files: Arc<Mutex<std::collections::HashSet<PathBuf>>> = Arc::default();
+        let relevant = files.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            let files = relevant.lock().unwrap_or_else(|p| p.into_inner());
+            if event.paths.iter().any(|p| files.contains(p)) {
+                // A full channel already holds a reload request; one is enough.
+                let _ = reload.try_send(());
+            }
+        });
+        match watcher {
+            Ok(watcher) => {
+                let mut watch = ManifestWatch {
+                    watcher,
+                    files,
+                    dirs: Default::default(),
+                };
+                watch.follow(manifest);
+                Some(watch)
+            }
             Err(e) => {
-                warn!(error = %e, dir = %dir.display(), "cannot watch the manifest directory; changes are picked up on SIGHUP only");
+                warn!(error = %e, "cannot start a file watcher; manifest changes are picked up on SIGHUP only");
                 None
             }
-        },
-        Err(e) => {
-            warn!(error = %e, "cannot start a file watcher; manifest changes are picked up on SIGHUP only");
-            None
         }
     }
+
+    /// Points the watch at the files this manifest consists of.
+    fn follow(&mut self, manifest: &Manifest) {
+        use notify::Watcher;
+        let mut files = std::collections::HashSet::new();
+        files.insert(absolute(&manifest.path));
+        for (_, _, spec) in manifest.services() {
+            if let manifest::TaskDefinitionSource::File { path, .. } = &spec.task_definition {
+                files.insert(absolute(path));
+            }
+        }
+        for dir in files.iter().filter_map(|f| f.parent()) {
+            if self.dirs.contains(dir) {
+                continue;
+            }
+            match self.watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.dirs.insert(dir.to_path_buf());
+                }
+                Err(e) => {
+                    warn!(error = %e, dir = %dir.display(), "cannot watch a manifest directory; its changes are picked up on SIGHUP only")
+                }
+            }
+        }
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = files;
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once. SIGHUP reloads.

@@ -46,8 +46,9 @@ pub fn assess(
     if primary.task_definition != target_td {
         return Progress::Failed {
             reason: format!(
-                "the PRIMARY deployment runs {} instead of {target_td} (rolled back by ECS)",
-                short_arn(&primary.task_definition)
+                "the PRIMARY deployment runs {} instead of {} (rolled back by ECS)",
+                short_arn(&primary.task_definition),
+                short_arn(target_td)
             ),
         };
     }
