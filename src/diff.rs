@@ -79,7 +79,7 @@ pub fn desired_task_definition(
     family_latest: Option<&TaskDefinition>,
 ) -> Option<TaskDefinitionSpec> {
     let base = match &spec.task_definition {
-        crate::manifest::TaskDefinitionSource::File { spec: file, .. } => file.clone(),
+        crate::manifest::TaskDefinitionSource::File { spec: file, .. } => (**file).clone(),
         crate::manifest::TaskDefinitionSource::Family(_) => family_latest?.spec.clone(),
     };
     Some(base.with_images(&spec.images))
@@ -294,7 +294,7 @@ mod tests {
             desired_count: count,
             task_definition: TaskDefinitionSource::File {
                 path: PathBuf::from("td.json"),
-                spec: td_spec("placeholder:1"),
+                spec: Box::new(td_spec("placeholder:1")),
             },
             images: BTreeMap::from([("web".to_string(), image.to_string())]),
             target_groups: vec![],

@@ -207,7 +207,6 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 dry_run: loop_args.dry_run,
                 concurrency: loop_args.concurrency.max(1),
                 interval,
-                ..Settings::default()
             };
             reconcile::run_daemon(cloud, file, manifest, settings, listen).await?;
             Ok(0)

@@ -154,7 +154,7 @@ pub enum TaskDefinitionSource {
     File {
         #[serde(skip)]
         path: PathBuf,
-        spec: TaskDefinitionSpec,
+        spec: Box<TaskDefinitionSpec>,
     },
 }
 
@@ -656,7 +656,10 @@ impl Validator {
                     });
                     return None;
                 }
-                Some(TaskDefinitionSource::File { path: full, spec })
+                Some(TaskDefinitionSource::File {
+                    path: full,
+                    spec: Box::new(spec),
+                })
             }
             Err(e) => {
                 // The JSON parser knows the position inside the task definition file.

@@ -92,6 +92,14 @@ pub fn service_key(cluster: &str, service: &str) -> String {
     format!("{cluster}/{service}")
 }
 
+/// The revision a service runs: its PRIMARY deployment's.
+fn running_arn(service: &Service) -> String {
+    service
+        .primary()
+        .map(|d| d.task_definition.clone())
+        .unwrap_or_else(|| service.task_definition.clone())
+}
+
 /// Reads live state through a [`Cloud`], caching immutable task definition revisions.
 #[derive(Clone)]
 pub struct Observer {
@@ -207,6 +215,24 @@ impl Observer {
             .map(|s| (s.name.clone(), s))
             .collect();
 
+        // Each distinct revision and family is read once up front, so the per-service states
+        // below, which run concurrently, all find them in the cache.
+        let running: std::collections::BTreeSet<String> =
+            by_name.values().map(running_arn).collect();
+        let families: std::collections::BTreeSet<&str> = specs
+            .iter()
+            .filter(|(name, _)| by_name.contains_key(*name))
+            .filter_map(|(_, spec)| match &spec.task_definition {
+                TaskDefinitionSource::Family(family) => Some(family.as_str()),
+                TaskDefinitionSource::File { .. } => None,
+            })
+            .collect();
+        // Failures here are met again, and reported, per service below.
+        futures::join!(
+            join_all(running.iter().map(|arn| self.revision(arn))),
+            join_all(families.iter().map(|family| self.latest(family))),
+        );
+
         let states = specs.iter().map(|(name, spec)| {
             let service = by_name.remove(*name);
             async move {
@@ -224,10 +250,7 @@ impl Observer {
         service: Service,
         spec: &ServiceSpec,
     ) -> CloudResult<ServiceState> {
-        let running_arn = service
-            .primary()
-            .map(|d| d.task_definition.clone())
-            .unwrap_or_else(|| service.task_definition.clone());
+        let running_arn = running_arn(&service);
         let running = self.revision(&running_arn).await?;
         let family_latest = match &spec.task_definition {
             TaskDefinitionSource::Family(family) => match self.latest(family).await {
@@ -252,7 +275,7 @@ impl Observer {
             return Ok(td);
         }
         let td = self.cloud.describe_task_definition(arn).await?;
-        self.remember(&td);
+        self.cache(&td);
         Ok(td)
     }
 
@@ -286,12 +309,15 @@ impl Observer {
         }
     }
 
+    fn cache(&self, td: &TaskDefinition) {
+        let mut cache = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(td.arn.clone(), td.clone());
+    }
+
     /// Adds a revision this process registered, so it is never read back; it is also the
     /// family's latest from now on.
     pub fn remember(&self, td: &TaskDefinition) {
-        let mut cache = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(td.arn.clone(), td.clone());
-        drop(cache);
+        self.cache(td);
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         latest.insert(td.spec.family.clone(), (td.arn.clone(), Instant::now()));
     }

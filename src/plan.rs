@@ -140,10 +140,9 @@ impl Plan {
                     for c in &r.changes {
                         let _ = writeln!(
                             out,
-                            "    {}: {} {} {}",
+                            "    {}: {} -> {}",
                             c.field,
                             paint("31", &show(&c.observed)),
-                            "->",
                             paint("32", &show(&c.desired))
                         );
                     }

@@ -274,6 +274,12 @@ impl TaskDefinitionSpec {
             if let Some(mounts) = &mut c.mount_points {
                 mounts.sort();
             }
+            // ECS fills in the health check's timings when a definition leaves them out.
+            if let Some(hc) = &mut c.health_check {
+                hc.interval.get_or_insert(30);
+                hc.timeout.get_or_insert(5);
+                hc.retries.get_or_insert(3);
+            }
         }
         spec.container_definitions
             .sort_by(|a, b| a.name.cmp(&b.name));

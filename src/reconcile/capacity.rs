@@ -112,6 +112,12 @@ async fn write(
         .map_err(ReconcileError::Apply)?;
     ctl.metrics
         .count_change("autoscaling_group", "update_auto_scaling_group");
+    let obj = ObjectRef {
+        kind: ResourceKind::AutoScalingGroup,
+        name: name.to_string(),
+    };
+    let applied = serde_json::to_value(update).ok();
+    ctl.update_record(&obj, |r| r.last_applied = applied);
     ctl.invalidate_snapshot();
     Ok(())
 }

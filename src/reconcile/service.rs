@@ -578,6 +578,7 @@ async fn tag(
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
+    info!(service = %state.service.name, tags = ?map, "recording rollout state in service tags");
     ctl.cloud()
         .tag_resource(&state.service.arn, &map)
         .await
