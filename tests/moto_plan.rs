@@ -815,3 +815,74 @@ fn validate_names_the_file_line_and_column_of_a_bad_manifest() {
         out.stderr
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Contract: the simulator and moto answer the same observe-and-plan sequence alike
+
+/// The same manifests planned against moto and against the simulator seeded from the in-sync
+/// manifest give the same resources, statuses and changes (call counts aside), for what moto
+/// models: in sync, an image change, a count change, a group capacity change, a missing service.
+#[test]
+fn the_simulator_and_moto_plan_the_same_changes() {
+    use ecs_reconciler::observe::Observer;
+    use ecs_reconciler::plan::Plan;
+    use ecs_reconciler::sim::{SimCloud, SimConfig};
+    use std::sync::Arc;
+
+    let (moto, _) = start(&runbook_topology());
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let in_sync = Workspace::new(&in_sync_manifest());
+    let base =
+        ecs_reconciler::manifest::load(&in_sync.manifest()).expect("the in-sync manifest is valid");
+    let config = SimConfig {
+        region: moto::REGION.into(),
+        ..SimConfig::default()
+    };
+    let sim = Arc::new(SimCloud::with_manifest(config, &base, false));
+    let aws = Arc::new(runtime.block_on(moto.cloud()));
+
+    let mut variants = vec![("in sync", in_sync_manifest())];
+    let mut image = in_sync_manifest();
+    backend_service(&mut image)["images"][BACKEND_CONTAINER] =
+        json!(retagged(&image_of(&backend_td()), "v9.9.9"));
+    variants.push(("image change", image));
+    let mut count = in_sync_manifest();
+    backend_service(&mut count)["desiredCount"] = json!(5);
+    variants.push(("count change", count));
+    let mut group = in_sync_manifest();
+    group["clusters"][GPU_CLUSTER]["autoScalingGroups"][GPU_ASG] =
+        json!({"minSize": 1, "maxSize": 6, "desiredCapacity": 2});
+    variants.push(("group capacity change", group));
+    let mut missing = in_sync_manifest();
+    missing["clusters"][BACKEND_CLUSTER]["services"]["filot-extra-service"] = json!({
+        "desiredCount": 1,
+        "taskDefinition": {"file": "task-definitions/filot-backend-task.json"}
+    });
+    variants.push(("missing service", missing));
+
+    for (name, manifest) in variants {
+        let ws = Workspace::new(&manifest);
+        let manifest = ecs_reconciler::manifest::load(&ws.manifest()).expect("variant is valid");
+        let plan_on = |cloud: Arc<dyn ecs_reconciler::cloud::Cloud>| {
+            let snapshot = runtime.block_on(Observer::new(cloud).observe(&manifest));
+            let plan = Plan::new(&manifest, &snapshot, Default::default());
+            serde_json::to_value(&plan.resources).expect("resources serialise")
+        };
+        let from_moto = plan_on(aws.clone());
+        let from_sim = plan_on(sim.clone());
+        assert_eq!(
+            from_sim, from_moto,
+            "{name}: the simulator and moto disagree"
+        );
+        let expect_sync = name == "in sync";
+        assert_eq!(
+            from_moto
+                .as_array()
+                .expect("a list")
+                .iter()
+                .all(|r| r["status"] == "in_sync"),
+            expect_sync,
+            "{name}: {from_moto:#}"
+        );
+    }
+}
