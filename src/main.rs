@@ -101,6 +101,16 @@ struct LoopArgs {
     concurrency: usize,
 }
 
+impl LoopArgs {
+    fn settings(&self, interval: Duration) -> Settings {
+        Settings {
+            dry_run: self.dry_run,
+            concurrency: self.concurrency.max(1),
+            interval,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum CloudKind {
     Aws,
@@ -187,11 +197,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         } => {
             let manifest = load_manifest(&file)?;
             let cloud = make_cloud(&cloud, &manifest).await?;
-            let settings = Settings {
-                dry_run: loop_args.dry_run,
-                concurrency: loop_args.concurrency.max(1),
-                ..Settings::default()
-            };
+            let settings = loop_args.settings(Settings::default().interval);
             Ok(reconcile::apply(cloud, manifest, settings).await)
         }
         Command::Run {
@@ -203,11 +209,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         } => {
             let manifest = load_manifest(&file)?;
             let cloud = make_cloud(&cloud, &manifest).await?;
-            let settings = Settings {
-                dry_run: loop_args.dry_run,
-                concurrency: loop_args.concurrency.max(1),
-                interval,
-            };
+            let settings = loop_args.settings(interval);
             reconcile::run_daemon(cloud, file, manifest, settings, listen).await?;
             Ok(0)
         }

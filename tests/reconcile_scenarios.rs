@@ -686,3 +686,58 @@ async fn a_steady_state_pass_reads_in_batches_and_writes_nothing() {
     );
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_manifest_fixed_during_a_failing_rollout_is_rolled_out_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = load(&write_manifest(dir.path(), &GOOD));
+    let faults = Faults {
+        crash_image: Some("broken".into()),
+        ..Faults::default()
+    };
+    let sim = sim_for(&good, false, faults);
+    let bad = write_manifest(
+        dir.path(),
+        &Desired {
+            backend_image: "v1.5.0-broken",
+            ..GOOD
+        },
+    );
+    let h = Harness::start(sim.clone(), load(&bad), settings()).await;
+    h.wait_for(Duration::from_secs(120), "rollout start", |h| {
+        h.service(BACKEND) == State::Progressing
+    })
+    .await;
+
+    let fixed = write_manifest(
+        dir.path(),
+        &Desired {
+            backend_image: "v1.5.1",
+            ..GOOD
+        },
+    );
+    assert!(h.ctl.reload_manifest(&fixed));
+    h.triggers
+        .send(Trigger::ManifestChanged)
+        .await
+        .expect("trigger");
+    h.wait_for(
+        Duration::from_secs(30 * 60),
+        "the fix rolled out",
+        Harness::all_in_sync,
+    )
+    .await;
+
+    assert_eq!(
+        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
+        format!("{REPO}/filot-backend:v1.5.1")
+    );
+    assert!(
+        !h.ctl
+            .metrics()
+            .render()
+            .contains("ecs_reconciler_rollbacks_total{"),
+        "rolled back a superseded rollout"
+    );
+    h.stop().await;
+}

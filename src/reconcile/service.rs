@@ -59,7 +59,15 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
     resume_from_tags(ctl, obj, &state, &fingerprint);
 
     if let Some(rollout) = ctl.record(obj).rollout {
-        return watch_rollout(ctl, obj, spec, &state, &diff, rollout).await;
+        // A manifest that moved on while its rollout was in flight is rolled out at once
+        // ("fix forward"); a rollback in flight is always watched to its end.
+        if rollout.rollback || rollout.fingerprint == fingerprint {
+            return watch_rollout(ctl, obj, spec, &state, &diff, rollout).await;
+        }
+        info!(
+            "manifest changed while a rollout was in flight; the new desired state supersedes it"
+        );
+        ctl.update_record(obj, |r| r.rollout = None);
     }
 
     // A quarantined manifest state is not applied again until the manifest changes for this
@@ -84,7 +92,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
     }
 
     if diff.in_sync() {
-        record_last_good(ctl, spec, &state).await?;
+        record_last_good(ctl, &state).await?;
         ctl.report(obj, State::InSync, Some(&diff), None);
         return Ok(interval);
     }
@@ -161,7 +169,7 @@ fn resume_from_tags(ctl: &Controller, obj: &ObjectRef, state: &ServiceState, fin
         if quarantine.is_some() {
             r.quarantine = quarantine;
         }
-        if let Some((fp, td, count, rollback)) = rollout {
+        if let Some((fp, td, count, rollback)) = rollout.filter(|_| r.rollout.is_none()) {
             // A rollout for an older manifest state is superseded by the diff instead.
             if fp == fingerprint || rollback {
                 info!(
@@ -255,7 +263,7 @@ async fn start_rollout(
     // The record goes on the service before the change, so a crash between the two leaves a
     // rollout a restarted controller watches, never a change nobody knows about.
     let mut tags = vec![(TAG_ROLLOUT, rollout_tag(&rollout))];
-    if !has_last_good(service) && service_is_settled(state) {
+    if last_good(service).is_none() && service_is_settled(state) {
         tags.push((TAG_LAST_GOOD_TD, state.running.arn.clone()));
         tags.push((TAG_LAST_GOOD_COUNT, service.desired_count.to_string()));
     }
@@ -523,11 +531,7 @@ async fn fail_rollout(
 
 /// Records the running revision and count as last known good once the service is settled on
 /// them, if the tags do not say so already.
-async fn record_last_good(
-    ctl: &Controller,
-    spec: &ServiceSpec,
-    state: &ServiceState,
-) -> Result<(), ReconcileError> {
+async fn record_last_good(ctl: &Controller, state: &ServiceState) -> Result<(), ReconcileError> {
     if ctl.settings.dry_run || !service_is_settled(state) {
         return Ok(());
     }
@@ -536,7 +540,6 @@ async fn record_last_good(
     if last_good(service).as_ref() == Some(&current) {
         return Ok(());
     }
-    let _ = spec;
     tag(
         ctl,
         state,
@@ -551,10 +554,6 @@ async fn record_last_good(
 fn service_is_settled(state: &ServiceState) -> bool {
     let s = &state.service;
     s.deployments.len() == 1 && s.running_count == s.desired_count
-}
-
-fn has_last_good(service: &crate::model::Service) -> bool {
-    last_good(service).is_some()
 }
 
 fn last_good(service: &crate::model::Service) -> Option<(String, i32)> {
