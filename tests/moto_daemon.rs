@@ -5,6 +5,9 @@
 //!
 //! Each test owns its launcher and its daemon; both are killed when the test ends, pass or fail.
 
+// These tests wait on real child processes (moto, the daemon), in wall-clock time.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "support/moto.rs"]
 mod moto;
 

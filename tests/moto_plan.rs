@@ -1,6 +1,9 @@
 //! The built `ecs-reconciler plan` against a real `moto_server` over HTTP, seeded with the
 //! runbook's FiLot topology: exit codes, the JSON plan, the text plan and the AWS calls it took.
 
+// These tests wait on real child processes (moto, the daemon), in wall-clock time.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "support/moto.rs"]
 mod moto;
 

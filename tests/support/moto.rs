@@ -1,4 +1,7 @@
 //! A `moto_server` child process for integration tests, and the FiLot topology to seed it with.
+
+// These tests wait on real child processes (moto, the daemon), in wall-clock time.
+#![allow(clippy::disallowed_methods)]
 //
 // Include it with `#[path = "support/moto.rs"] mod moto;`. Each `Moto` is its own server on its
 // own port, so tests can run in parallel; the server is killed when the `Moto` drops.
