@@ -741,3 +741,41 @@ async fn a_manifest_fixed_during_a_failing_rollout_is_rolled_out_at_once() {
     );
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn apply_exits_0_once_converged_and_3_after_a_rollback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = load(&write_manifest(dir.path(), &GOOD));
+    let faults = Faults {
+        crash_image: Some("broken".into()),
+        ..Faults::default()
+    };
+    let sim = sim_for(&good, true, faults);
+
+    let converged = tokio::time::timeout(
+        Duration::from_secs(3600),
+        reconcile::apply(sim.clone(), good.clone(), settings()),
+    )
+    .await
+    .expect("apply did not finish within an hour: a resource never reached an end state");
+    assert_eq!(converged, reconcile::EXIT_CONVERGED);
+
+    let bad = load(&write_manifest(
+        dir.path(),
+        &Desired {
+            backend_image: "v1.5.0-broken",
+            ..GOOD
+        },
+    ));
+    let rolled_back = tokio::time::timeout(
+        Duration::from_secs(3600),
+        reconcile::apply(sim.clone(), bad, settings()),
+    )
+    .await
+    .expect("apply did not finish within an hour: the rollback never settled");
+    assert_eq!(rolled_back, reconcile::EXIT_ROLLED_BACK);
+    assert_eq!(
+        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
+        format!("{REPO}/filot-backend:v1.4.2")
+    );
+}

@@ -156,6 +156,9 @@ pub struct Record {
     pub draining: Vec<(String, String)>,
     #[serde(skip)]
     pub errors_in_row: u32,
+    /// The kind of the last failed reconcile's error, while errors continue.
+    #[serde(skip)]
+    pub error_kind: Option<ErrorKind>,
     #[serde(skip)]
     pub reconciled: bool,
 }
@@ -172,6 +175,7 @@ impl Default for Record {
             rollout: None,
             draining: Vec::new(),
             errors_in_row: 0,
+            error_kind: None,
             reconciled: false,
         }
     }
@@ -301,6 +305,7 @@ impl Controller {
             r.detail = detail;
             r.last_error = None;
             r.errors_in_row = 0;
+            r.error_kind = None;
             if let Some(diff) = diff {
                 r.drifted_fields = diff.changes().map(|f| f.field.clone()).collect();
             }
@@ -374,6 +379,7 @@ impl Controller {
         let mut errors = 0;
         self.update_record(obj, |r| {
             r.errors_in_row += 1;
+            r.error_kind = Some(kind);
             errors = r.errors_in_row;
             r.last_error = Some(err.to_string());
             // A failed read says nothing about the resource; keep a rollout's state visible.
@@ -415,10 +421,14 @@ impl Controller {
             Some(r) if !r.reconciled => false,
             Some(r) => match r.state {
                 State::Progressing => false,
-                State::Error => {
-                    r.errors_in_row >= APPLY_MAX_ERRORS
-                        || r.rollout.is_none() && r.errors_in_row == 0
-                }
+                // Throttling and 5xx are worth a few more tries; other errors will not go away
+                // by themselves within one `apply`.
+                State::Error => match r.error_kind {
+                    Some(ErrorKind::Throttled | ErrorKind::Transient) => {
+                        r.errors_in_row >= APPLY_MAX_ERRORS
+                    }
+                    _ => r.rollout.is_none(),
+                },
                 State::Drifted => self.settings.dry_run || r.quarantine.is_some(),
                 _ => r.rollout.is_none(),
             },
