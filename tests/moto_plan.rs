@@ -737,6 +737,68 @@ fn an_unreachable_endpoint_fails_fast_with_exit_1_and_a_clear_error() {
     );
 }
 
+/// An endpoint that accepts connections and never answers: without explicit timeouts the SDK
+/// would wait on it for minutes. The plan must give up within the operation timeout (30s).
+#[test]
+fn an_endpoint_that_never_answers_times_out_with_exit_1() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let port = listener.local_addr().expect("its address").port();
+    // Accept and hold every connection, reading nothing and writing nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let ws = Workspace::new(&in_sync_manifest());
+    let path = ws.manifest();
+
+    let out = run(
+        &[
+            "plan",
+            "-f",
+            path.to_str().expect("UTF-8 path"),
+            "--output",
+            "json",
+        ],
+        |c| {
+            for var in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"] {
+                c.env_remove(var);
+            }
+            c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_REGION", moto::REGION)
+                .env("AWS_EC2_METADATA_DISABLED", "true");
+        },
+        None,
+    );
+
+    assert!(
+        out.elapsed < Duration::from_secs(60),
+        "took {:?}: the attempt or operation timeout is not applied",
+        out.elapsed
+    );
+    assert_eq!(
+        out.code, 1,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    let plan = out.json();
+    for r in plan["resources"].as_array().expect("a resources list") {
+        assert_eq!(r["status"], "error", "{r:#}");
+        let error = r["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("(transient)"),
+            "a timeout is transient: {error}"
+        );
+        assert!(
+            error.to_lowercase().contains("timeout") || error.to_lowercase().contains("timed out"),
+            "{error}"
+        );
+    }
+}
+
 #[test]
 fn validate_names_the_file_line_and_column_of_a_bad_manifest() {
     let ws = Workspace::new(&in_sync_manifest());
