@@ -779,3 +779,106 @@ async fn apply_exits_0_once_converged_and_3_after_a_rollback() {
         format!("{REPO}/filot-backend:v1.4.2")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn access_denied_on_one_operation_keeps_the_daemon_running_and_the_other_resources_converging(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = load(&write_manifest(dir.path(), &GOOD));
+    let denied = Faults {
+        denied_operations: ["ecs:UpdateService".to_string()].into_iter().collect(),
+        ..Faults::default()
+    };
+    let sim = sim_for(&manifest, true, denied);
+    let h = Harness::start(sim.clone(), manifest, settings()).await;
+
+    h.wait_for(
+        Duration::from_secs(600),
+        "the denied services reported and the group converged",
+        |h| {
+            h.service(BACKEND) == State::Error
+                && h.service(GPU) == State::Error
+                && h.state(ResourceKind::AutoScalingGroup, GPU_ASG) == State::InSync
+        },
+    )
+    .await;
+    let record = h.ctl.record(&ObjectRef {
+        kind: ResourceKind::Service,
+        name: BACKEND.into(),
+    });
+    assert!(
+        record
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("access_denied")),
+        "{record:?}"
+    );
+
+    // Once the policy is fixed, the next retry applies the change.
+    sim.set_faults(Faults::default());
+    h.wait_for(
+        Duration::from_secs(30 * 60),
+        "convergence after the fix",
+        Harness::all_in_sync,
+    )
+    .await;
+    assert_eq!(
+        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
+        format!("{REPO}/filot-backend:v1.4.2")
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recorded_rollout_that_never_reached_ecs_is_applied_afresh_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = load(&write_manifest(dir.path(), &GOOD));
+    let denied = Faults {
+        denied_operations: ["ecs:UpdateService".to_string()].into_iter().collect(),
+        ..Faults::default()
+    };
+    let sim = sim_for(&good, false, denied);
+    let next = load(&write_manifest(
+        dir.path(),
+        &Desired {
+            backend_image: "v1.4.3",
+            ..GOOD
+        },
+    ));
+
+    let first = Harness::start(sim.clone(), next.clone(), settings()).await;
+    first
+        .wait_for(Duration::from_secs(120), "the denied update", |h| {
+            h.service(BACKEND) == State::Error
+        })
+        .await;
+    first.stop().await;
+    let tags = sim
+        .service("filot-backend-cluster", "filot-backend-service")
+        .expect("svc")
+        .tags;
+    assert!(
+        tags.get("ecs-reconciler/rollout").is_some_and(|t| t != "-"),
+        "the intent was recorded: {tags:?}"
+    );
+
+    sim.set_faults(Faults::default());
+    let second = Harness::start(sim.clone(), next, settings()).await;
+    second
+        .wait_for(
+            Duration::from_secs(30 * 60),
+            "the change applied afresh",
+            Harness::all_in_sync,
+        )
+        .await;
+    assert_eq!(
+        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
+        format!("{REPO}/filot-backend:v1.4.3")
+    );
+    assert!(!second
+        .ctl
+        .metrics()
+        .render()
+        .contains("ecs_reconciler_rollbacks_total{"));
+    second.stop().await;
+}

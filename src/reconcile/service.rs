@@ -157,7 +157,17 @@ fn resume_from_tags(ctl: &Controller, obj: &ObjectRef, state: &ServiceState, fin
     }
     let tags = &state.service.tags;
     let quarantine = tags.get(TAG_QUARANTINE).filter(|q| *q != NONE).cloned();
-    let rollout = tags.get(TAG_ROLLOUT).and_then(|t| parse_rollout_tag(t));
+    // The tag is written before UpdateService; if that call then failed, the recorded rollout
+    // never reached ECS and the diff applies it afresh instead.
+    let service = &state.service;
+    let rollout = tags
+        .get(TAG_ROLLOUT)
+        .and_then(|t| parse_rollout_tag(t))
+        .filter(|(_, td, count, _)| {
+            let deployed = service.deployments.iter().any(|d| d.task_definition == *td);
+            let scaled = *td == state.running.arn && service.desired_count == *count;
+            deployed || scaled
+        });
     let spec_timeout = ctl
         .manifest()
         .services()

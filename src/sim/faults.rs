@@ -27,6 +27,9 @@ pub struct Faults {
     pub error_rate: f64,
     /// Added to every API call before it reaches the simulated cloud.
     pub latency: Duration,
+    /// Operations (`ecs:UpdateService`, ...) that fail with [`ErrorKind::AccessDenied`], as
+    /// with an IAM policy that lacks them.
+    pub denied_operations: std::collections::BTreeSet<String>,
 }
 
 impl Faults {
@@ -42,7 +45,17 @@ impl Faults {
 
     /// Draws this call's fate. Rates of zero draw nothing, so a run without API faults keeps the
     /// same random sequence however many calls it makes.
-    pub(super) fn roll(&self, rng: &mut fastrand::Rng) -> Option<(ErrorKind, &'static str)> {
+    pub(super) fn roll(
+        &self,
+        operation: &str,
+        rng: &mut fastrand::Rng,
+    ) -> Option<(ErrorKind, &'static str)> {
+        if self.denied_operations.contains(operation) {
+            return Some((
+                ErrorKind::AccessDenied,
+                "AccessDeniedException: the caller is not authorized to perform this operation",
+            ));
+        }
         if self.throttle_rate > 0.0 && rng.f64() < self.throttle_rate {
             return Some((ErrorKind::Throttled, "ThrottlingException: Rate exceeded"));
         }

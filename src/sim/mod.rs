@@ -252,7 +252,7 @@ impl SimCloud {
         let result = {
             let mut guard = self.current();
             let world = &mut *guard;
-            match world.faults.roll(&mut world.fault_rng) {
+            match world.faults.roll(operation, &mut world.fault_rng) {
                 Some((kind, message)) => Err(CloudError::new(kind, operation, message)),
                 None => {
                     f(world).map_err(|fail| CloudError::new(fail.kind, operation, fail.message))

@@ -103,6 +103,9 @@ pub struct ScenarioFaults {
     pub error_rate: Option<f64>,
     #[serde(default)]
     pub latency: Option<String>,
+    /// Operations that fail with access denied, e.g. `[ecs:UpdateService]`.
+    #[serde(default)]
+    pub denied_operations: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -215,6 +218,7 @@ impl Scenario {
             throttle_rate: rate("faults.throttleRate", f.throttle_rate)?,
             error_rate: rate("faults.errorRate", f.error_rate)?,
             latency: duration("faults.latency", &f.latency, Duration::ZERO)?,
+            denied_operations: f.denied_operations.iter().cloned().collect(),
         };
         let speed = self.speed.unwrap_or(1.0);
         if !(speed.is_finite() && speed > 0.0) {
