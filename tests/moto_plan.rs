@@ -286,6 +286,24 @@ fn plan_json(moto: &Moto, manifest: &Path) -> (Run, Value) {
 // ---------------------------------------------------------------------------------------------
 // Reading the plan
 
+/// `plan --output json` against a loopback port that is not moto, with test credentials.
+fn plan_against_port(port: u16, manifest: &Path) -> Run {
+    run(
+        &["plan", "-f", manifest.to_str().expect("UTF-8 path"), "--output", "json"],
+        |c| {
+            for var in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"] {
+                c.env_remove(var);
+            }
+            c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_REGION", moto::REGION)
+                .env("AWS_EC2_METADATA_DISABLED", "true");
+        },
+        None,
+    )
+}
+
 fn resource<'a>(plan: &'a Value, name: &str) -> &'a Value {
     plan["resources"]
         .as_array()
@@ -685,26 +703,7 @@ fn an_unreachable_endpoint_fails_fast_with_exit_1_and_a_clear_error() {
     let ws = Workspace::new(&in_sync_manifest());
     let path = ws.manifest();
 
-    let out = run(
-        &[
-            "plan",
-            "-f",
-            path.to_str().expect("UTF-8 path"),
-            "--output",
-            "json",
-        ],
-        |c| {
-            for var in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"] {
-                c.env_remove(var);
-            }
-            c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-                .env("AWS_ACCESS_KEY_ID", "testing")
-                .env("AWS_SECRET_ACCESS_KEY", "testing")
-                .env("AWS_REGION", moto::REGION)
-                .env("AWS_EC2_METADATA_DISABLED", "true");
-        },
-        None,
-    );
+    let out = plan_against_port(port, &path);
 
     assert!(
         out.elapsed < Duration::from_secs(60),
@@ -753,26 +752,7 @@ fn an_endpoint_that_never_answers_times_out_with_exit_1() {
     let ws = Workspace::new(&in_sync_manifest());
     let path = ws.manifest();
 
-    let out = run(
-        &[
-            "plan",
-            "-f",
-            path.to_str().expect("UTF-8 path"),
-            "--output",
-            "json",
-        ],
-        |c| {
-            for var in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"] {
-                c.env_remove(var);
-            }
-            c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-                .env("AWS_ACCESS_KEY_ID", "testing")
-                .env("AWS_SECRET_ACCESS_KEY", "testing")
-                .env("AWS_REGION", moto::REGION)
-                .env("AWS_EC2_METADATA_DISABLED", "true");
-        },
-        None,
-    );
+    let out = plan_against_port(port, &path);
 
     assert!(
         out.elapsed < Duration::from_secs(60),

@@ -84,6 +84,18 @@ fn sim_for(manifest: &Manifest, drift: bool, faults: Faults) -> Arc<SimCloud> {
     Arc::new(SimCloud::with_manifest(config, manifest, drift))
 }
 
+/// A cloud in line with the good manifest, with `faults`, and the manifest `next` written
+/// beside it: where every scenario that changes something starts.
+fn stable_cloud_and_manifest(
+    dir: &Path,
+    faults: Faults,
+    next: &Desired<'_>,
+) -> (Arc<SimCloud>, Manifest) {
+    let good = load(&write_manifest(dir, &GOOD));
+    let sim = sim_for(&good, false, faults);
+    (sim, load(&write_manifest(dir, next)))
+}
+
 /// A running controller on the simulated cloud.
 struct Harness {
     ctl: Arc<Controller>,
@@ -282,20 +294,18 @@ async fn drift_injected_while_running_is_corrected_within_one_interval() {
 #[tokio::test(start_paused = true)]
 async fn a_crashing_image_is_rolled_back_quarantined_and_retried_only_when_the_manifest_changes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = load(&write_manifest(dir.path(), &GOOD));
-    let faults = Faults {
-        crash_image: Some("broken".into()),
-        ..Faults::default()
-    };
-    let sim = sim_for(&good, false, faults);
-    let bad_path = write_manifest(
+    let (sim, next) = stable_cloud_and_manifest(
         dir.path(),
+        Faults {
+            crash_image: Some("broken".into()),
+            ..Faults::default()
+        },
         &Desired {
             backend_image: "v1.5.0-broken",
             ..GOOD
         },
     );
-    let h = Harness::start(sim.clone(), load(&bad_path), settings()).await;
+    let h = Harness::start(sim.clone(), next, settings()).await;
 
     h.wait_for(Duration::from_secs(30 * 60), "rollback", |h| {
         h.service(BACKEND) == State::RolledBack
@@ -358,20 +368,18 @@ async fn a_crashing_image_is_rolled_back_quarantined_and_retried_only_when_the_m
 #[tokio::test(start_paused = true)]
 async fn a_failing_health_check_is_rolled_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = load(&write_manifest(dir.path(), &GOOD));
-    let faults = Faults {
-        unhealthy_image: Some("unhealthy".into()),
-        ..Faults::default()
-    };
-    let sim = sim_for(&good, false, faults);
-    let bad = write_manifest(
+    let (sim, next) = stable_cloud_and_manifest(
         dir.path(),
+        Faults {
+            unhealthy_image: Some("unhealthy".into()),
+            ..Faults::default()
+        },
         &Desired {
             backend_image: "v1.5.0-unhealthy",
             ..GOOD
         },
     );
-    let h = Harness::start(sim.clone(), load(&bad), settings()).await;
+    let h = Harness::start(sim.clone(), next, settings()).await;
 
     h.wait_for(Duration::from_secs(40 * 60), "rollback", |h| {
         h.service(BACKEND) == State::RolledBack
@@ -393,17 +401,16 @@ async fn a_failing_health_check_is_rolled_back() {
 #[tokio::test(start_paused = true)]
 async fn gpu_scale_up_waits_for_capacity_and_scale_in_drains_first() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let small = load(&write_manifest(dir.path(), &GOOD));
-    let sim = sim_for(&small, false, Faults::default());
-    let big = write_manifest(
+    let (sim, next) = stable_cloud_and_manifest(
         dir.path(),
+        Faults::default(),
         &Desired {
             gpu_count: 2,
             asg_desired: 2,
             ..GOOD
         },
     );
-    let h = Harness::start(sim.clone(), load(&big), settings()).await;
+    let h = Harness::start(sim.clone(), next, settings()).await;
 
     // Sample the world every simulated second: the service may ask for 2 GPU tasks only once
     // two instances serve the cluster.
@@ -480,21 +487,19 @@ async fn gpu_scale_up_waits_for_capacity_and_scale_in_drains_first() {
 #[tokio::test(start_paused = true)]
 async fn gpu_scale_up_against_a_capacity_shortage_waits_and_does_not_roll_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let small = load(&write_manifest(dir.path(), &GOOD));
-    let faults = Faults {
-        max_launchable_instances: Some(1),
-        ..Faults::default()
-    };
-    let sim = sim_for(&small, false, faults);
-    let big = write_manifest(
+    let (sim, next) = stable_cloud_and_manifest(
         dir.path(),
+        Faults {
+            max_launchable_instances: Some(1),
+            ..Faults::default()
+        },
         &Desired {
             gpu_count: 2,
             asg_desired: 2,
             ..GOOD
         },
     );
-    let h = Harness::start(sim.clone(), load(&big), settings()).await;
+    let h = Harness::start(sim.clone(), next, settings()).await;
 
     tokio::time::sleep(Duration::from_secs(40 * 60)).await;
     assert_eq!(h.service(GPU), State::Progressing, "{:#}", h.ctl.status());
@@ -690,20 +695,18 @@ async fn a_steady_state_pass_reads_in_batches_and_writes_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_manifest_fixed_during_a_failing_rollout_is_rolled_out_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = load(&write_manifest(dir.path(), &GOOD));
-    let faults = Faults {
-        crash_image: Some("broken".into()),
-        ..Faults::default()
-    };
-    let sim = sim_for(&good, false, faults);
-    let bad = write_manifest(
+    let (sim, next) = stable_cloud_and_manifest(
         dir.path(),
+        Faults {
+            crash_image: Some("broken".into()),
+            ..Faults::default()
+        },
         &Desired {
             backend_image: "v1.5.0-broken",
             ..GOOD
         },
     );
-    let h = Harness::start(sim.clone(), load(&bad), settings()).await;
+    let h = Harness::start(sim.clone(), next, settings()).await;
     h.wait_for(Duration::from_secs(120), "rollout start", |h| {
         h.service(BACKEND) == State::Progressing
     })
