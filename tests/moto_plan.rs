@@ -289,7 +289,13 @@ fn plan_json(moto: &Moto, manifest: &Path) -> (Run, Value) {
 /// `plan --output json` against a loopback port that is not moto, with test credentials.
 fn plan_against_port(port: u16, manifest: &Path) -> Run {
     run(
-        &["plan", "-f", manifest.to_str().expect("UTF-8 path"), "--output", "json"],
+        &[
+            "plan",
+            "-f",
+            manifest.to_str().expect("UTF-8 path"),
+            "--output",
+            "json",
+        ],
         |c| {
             for var in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"] {
                 c.env_remove(var);
