@@ -183,6 +183,16 @@ async fn image_of(sim: &SimCloud, cluster: &str, service: &str) -> String {
     td.spec.container_definitions[0].image.clone()
 }
 
+/// The image the backend service runs.
+async fn backend_image(sim: &SimCloud) -> String {
+    image_of(sim, "filot-backend-cluster", "filot-backend-service").await
+}
+
+/// The backend image reference with this tag.
+fn backend_tag(tag: &str) -> String {
+    format!("{REPO}/filot-backend:{tag}")
+}
+
 fn settings() -> Settings {
     Settings {
         interval: INTERVAL,
@@ -211,10 +221,7 @@ async fn the_controller_converges_a_drifted_cloud() {
     )
     .await;
 
-    assert_eq!(
-        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
-        format!("{REPO}/filot-backend:v1.4.2")
-    );
+    assert_eq!(backend_image(&sim).await, backend_tag("v1.4.2"));
     let backend = sim
         .service("filot-backend-cluster", "filot-backend-service")
         .expect("backend");
@@ -311,10 +318,7 @@ async fn a_crashing_image_is_rolled_back_quarantined_and_retried_only_when_the_m
         h.service(BACKEND) == State::RolledBack
     })
     .await;
-    assert_eq!(
-        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
-        format!("{REPO}/filot-backend:v1.4.2")
-    );
+    assert_eq!(backend_image(&sim).await, backend_tag("v1.4.2"));
     assert!(h.ctl.metrics().render().contains("ecs_reconciler_rollbacks_total{resource=\"filot-backend-cluster/filot-backend-service\"} 1"));
 
     // Quarantined: many intervals pass without another write, while the drift stays visible.
@@ -358,10 +362,7 @@ async fn a_crashing_image_is_rolled_back_quarantined_and_retried_only_when_the_m
         Harness::all_in_sync,
     )
     .await;
-    assert_eq!(
-        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
-        format!("{REPO}/filot-backend:v1.5.1")
-    );
+    assert_eq!(backend_image(&sim).await, backend_tag("v1.5.1"));
     h.stop().await;
 }
 
@@ -385,10 +386,7 @@ async fn a_failing_health_check_is_rolled_back() {
         h.service(BACKEND) == State::RolledBack
     })
     .await;
-    assert_eq!(
-        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
-        format!("{REPO}/filot-backend:v1.4.2")
-    );
+    assert_eq!(backend_image(&sim).await, backend_tag("v1.4.2"));
     let healthy = sim
         .target_health("filot-backend-tg")
         .iter()
@@ -731,10 +729,7 @@ async fn a_manifest_fixed_during_a_failing_rollout_is_rolled_out_at_once() {
     )
     .await;
 
-    assert_eq!(
-        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
-        format!("{REPO}/filot-backend:v1.5.1")
-    );
+    assert_eq!(backend_image(&sim).await, backend_tag("v1.5.1"));
     assert!(
         !h.ctl
             .metrics()
@@ -777,10 +772,7 @@ async fn apply_exits_0_once_converged_and_3_after_a_rollback() {
     .await
     .expect("apply did not finish within an hour: the rollback never settled");
     assert_eq!(rolled_back, reconcile::EXIT_ROLLED_BACK);
-    assert_eq!(
-        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
-        format!("{REPO}/filot-backend:v1.4.2")
-    );
+    assert_eq!(backend_image(&sim).await, backend_tag("v1.4.2"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -825,10 +817,7 @@ async fn access_denied_on_one_operation_keeps_the_daemon_running_and_the_other_r
         Harness::all_in_sync,
     )
     .await;
-    assert_eq!(
-        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
-        format!("{REPO}/filot-backend:v1.4.2")
-    );
+    assert_eq!(backend_image(&sim).await, backend_tag("v1.4.2"));
     h.stop().await;
 }
 
@@ -874,10 +863,7 @@ async fn a_recorded_rollout_that_never_reached_ecs_is_applied_afresh_after_a_res
             Harness::all_in_sync,
         )
         .await;
-    assert_eq!(
-        image_of(&sim, "filot-backend-cluster", "filot-backend-service").await,
-        format!("{REPO}/filot-backend:v1.4.3")
-    );
+    assert_eq!(backend_image(&sim).await, backend_tag("v1.4.3"));
     assert!(!second
         .ctl
         .metrics()
