@@ -1,3 +1,5 @@
+//! Tests of manifest parsing and validation: every bad case names its file and position.
+
 use std::fs;
 use std::path::Path;
 

@@ -24,13 +24,13 @@ const SERVICE_PORT: i32 = 8080;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("failed to read scenario {path}: {source}")]
+    #[error("failed to read scenario {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("failed to parse scenario: {0}")]
+    #[error("failed to parse scenario")]
     Parse(#[source] serde_saphyr::Error),
     #[error("failed to load scenario: {0}")]
     Invalid(String),
