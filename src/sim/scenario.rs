@@ -632,7 +632,10 @@ mod tests {
     #[test]
     fn a_scenario_with_an_unknown_field_is_rejected() {
         let err = Scenario::parse("seed: 1\nfautls: {}\n").expect_err("typo in a field name");
-        assert!(err.to_string().contains("fautls"), "{err}");
+        let cause = std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(cause.contains("fautls"), "{err}: {cause}");
     }
 
     #[test]
