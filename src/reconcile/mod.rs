@@ -366,6 +366,9 @@ impl Controller {
         self.metrics.sync_aws_calls(self.cloud().calls());
         self.update_record(obj, |r| r.reconciled = true);
 
+        if result.is_ok() {
+            self.metrics.set_last_success(unix_now());
+        }
         match result {
             Ok(Action::Requeue(after)) => Some(after),
             Ok(Action::AwaitChange) => None,
@@ -549,7 +552,6 @@ pub async fn drive(
                         if let Some(h) = &health {
                             h.set_ready();
                         }
-                        ctl.metrics.set_last_success(unix_now());
                     }
                 }
                 if let Some(after) = after.filter(|_| ctl.objects().contains(&obj)) {
@@ -647,7 +649,7 @@ pub async fn run_daemon(
     let (tx, rx) = mpsc::channel(16);
     let _ = tx.send(Trigger::Resync).await;
     tokio::spawn(resync_timer(tx.clone(), interval));
-    let (reload_tx, reload_rx) = mpsc::channel::<()>(1);
+    let (reload_tx, reload_rx) = mpsc::channel::<Trigger>(4);
     let watch = ManifestWatch::start(&ctl.manifest(), reload_tx.clone());
     tokio::spawn(on_manifest_trigger(
         ctl.clone(),
@@ -684,23 +686,35 @@ async fn publish_status(ctl: Arc<Controller>, health: Arc<Health>) {
     }
 }
 
-/// Re-reads the manifest on every change request and triggers a pass when it changed.
+/// Re-reads the manifest on every reload request (a file change or SIGHUP) and triggers a pass
+/// when it changed; SIGHUP triggers a full pass even when it did not.
 async fn on_manifest_trigger(
     ctl: Arc<Controller>,
     path: PathBuf,
-    mut reload_rx: mpsc::Receiver<()>,
+    mut reload_rx: mpsc::Receiver<Trigger>,
     tx: mpsc::Sender<Trigger>,
     mut watch: Option<ManifestWatch>,
 ) {
-    while reload_rx.recv().await.is_some() {
+    while let Some(first) = reload_rx.recv().await {
         // Editors and git replace files in several steps; let them finish.
         tokio::time::sleep(DEBOUNCE).await;
-        while reload_rx.try_recv().is_ok() {}
-        if ctl.reload_manifest(&path) {
+        let mut hangup = first == Trigger::Hangup;
+        while let Ok(more) = reload_rx.try_recv() {
+            hangup |= more == Trigger::Hangup;
+        }
+        let changed = ctl.reload_manifest(&path);
+        if changed {
             if let Some(watch) = &mut watch {
                 watch.follow(&ctl.manifest());
             }
-            let _ = tx.send(Trigger::ManifestChanged).await;
+        }
+        if changed || hangup {
+            let trigger = if hangup {
+                Trigger::Hangup
+            } else {
+                Trigger::ManifestChanged
+            };
+            let _ = tx.send(trigger).await;
         }
     }
 }
@@ -748,7 +762,7 @@ struct ManifestWatch {
 }
 
 impl ManifestWatch {
-    fn start(manifest: &Manifest, reload: mpsc::Sender<()>) -> Option<Self> {
+    fn start(manifest: &Manifest, reload: mpsc::Sender<Trigger>) -> Option<Self> {
         let files: Arc<Mutex<std::collections::HashSet<PathBuf>>> = Arc::default();
         let relevant = files.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -759,7 +773,7 @@ impl ManifestWatch {
             let files = relevant.lock().unwrap_or_else(|p| p.into_inner());
             if event.paths.iter().any(|p| files.contains(p)) {
                 // A full channel already holds a reload request; one is enough.
-                let _ = reload.try_send(());
+                let _ = reload.try_send(Trigger::ManifestChanged);
             }
         });
         match watcher {
@@ -811,7 +825,7 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once. SIGHUP reloads.
-async fn shutdown_signal(reload: mpsc::Sender<()>) {
+async fn shutdown_signal(reload: mpsc::Sender<Trigger>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -827,7 +841,7 @@ async fn shutdown_signal(reload: mpsc::Sender<()>) {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the manifest");
-                let _ = reload.try_send(());
+                let _ = reload.try_send(Trigger::Hangup);
             }
         }
     }
