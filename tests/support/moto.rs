@@ -5,7 +5,7 @@
 //
 // Include it with `#[path = "support/moto.rs"] mod moto;`. Each `Moto` is its own server on its
 // own port, so tests can run in parallel; the server is killed when the `Moto` drops.
-// `MOTO_SERVER` and `PYTHON` override the `moto_server` and `python3` executables.
+// `MOTO_SERVER` and `PYTHON` override the moto server command and the `python3` executable.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -80,8 +80,19 @@ impl Moto {
         let log = tempfile::NamedTempFile::new().map_err(|e| format!("temp log file: {e}"))?;
         let stdout = log.reopen().map_err(|e| format!("temp log file: {e}"))?;
         let stderr = log.reopen().map_err(|e| format!("temp log file: {e}"))?;
-        let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let child = Command::new(&program)
+        // `python3 -m moto.server` rather than the `moto_server` script: a fresh pip install
+        // under pyenv has no shim for the script until `pyenv rehash`.
+        let mut command = match std::env::var("MOTO_SERVER") {
+            Ok(program) => Command::new(program),
+            Err(_) => {
+                let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+                let mut c = Command::new(python);
+                c.args(["-m", "moto.server"]);
+                c
+            }
+        };
+        let program = format!("{command:?}");
+        let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .envs(credentials())
             .stdin(Stdio::null())
