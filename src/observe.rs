@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
+use tokio::sync::OnceCell;
 use tokio::time::{Duration, Instant};
 
 use crate::cloud::{Cloud, CloudError, CloudResult, ErrorKind};
@@ -104,7 +105,8 @@ fn running_arn(service: &Service) -> String {
 #[derive(Clone)]
 pub struct Observer {
     cloud: Arc<dyn Cloud>,
-    revisions: Arc<Mutex<HashMap<String, TaskDefinition>>>,
+    /// One cell per ARN: concurrent readers of the same revision share one request.
+    revisions: Arc<Mutex<HashMap<String, Arc<OnceCell<TaskDefinition>>>>>,
     /// Family -> (latest ACTIVE revision ARN, when it was asked).
     latest: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
@@ -215,10 +217,9 @@ impl Observer {
             .map(|s| (s.name.clone(), s))
             .collect();
 
-        // Each distinct revision and family is read once up front, so the per-service states
-        // below, which run concurrently, all find them in the cache.
-        let running: std::collections::BTreeSet<String> =
-            by_name.values().map(running_arn).collect();
+        // Each distinct family is asked once up front, so the per-service states below, which
+        // run concurrently, find it answered. (Revisions need no such step: readers of the same
+        // ARN share one request.)
         let families: std::collections::BTreeSet<&str> = specs
             .iter()
             .filter(|(name, _)| by_name.contains_key(*name))
@@ -228,10 +229,7 @@ impl Observer {
             })
             .collect();
         // Failures here are met again, and reported, per service below.
-        futures::join!(
-            join_all(running.iter().map(|arn| self.revision(arn))),
-            join_all(families.iter().map(|family| self.latest(family))),
-        );
+        join_all(families.iter().map(|family| self.latest(family))).await;
 
         let states = specs.iter().map(|(name, spec)| {
             let service = by_name.remove(*name);
@@ -269,14 +267,18 @@ impl Observer {
         })
     }
 
-    /// A revision by ARN, from the cache when it has been read before.
+    /// A revision by ARN, read once: later and concurrent readers get the same answer. A failed
+    /// read is not kept, so the next reader asks again.
     pub async fn revision(&self, arn: &str) -> CloudResult<TaskDefinition> {
-        if let Some(td) = self.cached(arn) {
-            return Ok(td);
-        }
-        let td = self.cloud.describe_task_definition(arn).await?;
-        self.cache(&td);
-        Ok(td)
+        let cell = self.cell(arn);
+        cell.get_or_try_init(|| self.cloud.describe_task_definition(arn))
+            .await
+            .cloned()
+    }
+
+    fn cell(&self, arn: &str) -> Arc<OnceCell<TaskDefinition>> {
+        let mut cells = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        cells.entry(arn.to_string()).or_default().clone()
     }
 
     /// The latest ACTIVE revision of a family, asked again once the last answer is older than
@@ -309,24 +311,61 @@ impl Observer {
         }
     }
 
-    fn cache(&self, td: &TaskDefinition) {
-        let mut cache = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(td.arn.clone(), td.clone());
-    }
-
     /// Adds a revision this process registered, so it is never read back; it is also the
     /// family's latest from now on.
     pub fn remember(&self, td: &TaskDefinition) {
-        self.cache(td);
+        // Already set means already read: the revision is immutable, so both are the same.
+        let _ = self.cell(&td.arn).set(td.clone());
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         latest.insert(td.spec.family.clone(), (td.arn.clone(), Instant::now()));
     }
+}
 
-    fn cached(&self, arn: &str) -> Option<TaskDefinition> {
-        self.revisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(arn)
-            .cloned()
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::future::join_all;
+
+    use super::*;
+    use crate::sim::{Faults, SimCloud, SimConfig};
+    use crate::taskdef::{ContainerDefinition, TaskDefinitionSpec};
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_readers_of_one_revision_share_one_request() {
+        let faults = Faults {
+            latency: Duration::from_millis(200),
+            ..Faults::default()
+        };
+        let sim = Arc::new(SimCloud::new(SimConfig {
+            faults,
+            ..SimConfig::default()
+        }));
+        let spec = TaskDefinitionSpec {
+            family: "web".into(),
+            container_definitions: vec![ContainerDefinition {
+                name: "web".into(),
+                image: "repo/web:v1".into(),
+                memory: Some(512),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let arn = sim
+            .register_task_definition(&spec)
+            .await
+            .expect("registered")
+            .arn;
+        let observer = Observer::new(sim.clone());
+
+        let reads = join_all((0..10).map(|_| observer.revision(&arn))).await;
+        assert!(reads
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|td| td.arn == arn)));
+        observer.revision(&arn).await.expect("cached");
+        assert_eq!(
+            sim.calls().by_operation().get("ecs:DescribeTaskDefinition"),
+            Some(&1)
+        );
     }
 }
