@@ -22,7 +22,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
         return Ok(Action::AwaitChange);
     };
     // Steady states wait for the next resync, which reads everything in one batch.
-    let interval = Action::AwaitChange;
+    let steady = Action::AwaitChange;
 
     let Some(group) = observe(ctl, name).await? else {
         let diff = diff::auto_scaling_group(name, spec, None);
@@ -32,7 +32,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
             Some(&diff),
             Some("the group does not exist; create it outside ecs-reconciler".into()),
         );
-        return Ok(interval);
+        return Ok(steady);
     };
     let diff = diff::auto_scaling_group(name, spec, Some(&group));
     let draining = ctl.record(obj).draining;
@@ -44,7 +44,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
             return Ok(Action::Requeue(CAPACITY_POLL));
         }
         ctl.report(obj, State::InSync, Some(&diff), None);
-        return Ok(interval);
+        return Ok(steady);
     }
     if ctl.settings.dry_run {
         ctl.report(
@@ -53,7 +53,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
             Some(&diff),
             Some("dry run: not applied".into()),
         );
-        return Ok(interval);
+        return Ok(steady);
     }
 
     let target_desired = spec.desired_capacity.unwrap_or(group.desired_capacity);

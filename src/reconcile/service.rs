@@ -42,7 +42,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
         return Ok(Action::AwaitChange);
     };
     // Steady states wait for the next resync, which reads everything in one batch.
-    let interval = Action::AwaitChange;
+    let steady = Action::AwaitChange;
 
     let Some(state) = observe(ctl, obj, cluster, name, spec).await? else {
         let diff = service_diff(obj.name.clone(), spec, None);
@@ -52,7 +52,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
             Some(&diff),
             Some("the service does not exist; create it outside ecs-reconciler".into()),
         );
-        return Ok(interval);
+        return Ok(steady);
     };
     let diff = service_diff(obj.name.clone(), spec, Some(&state));
     let fingerprint = spec.fingerprint();
@@ -82,7 +82,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
             };
             let detail = record.detail.clone();
             ctl.report(obj, end, Some(&diff), detail);
-            return Ok(interval);
+            return Ok(steady);
         }
         info!("manifest changed for a quarantined service; lifting the quarantine");
         ctl.update_record(obj, |r| r.quarantine = None);
@@ -94,7 +94,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
     if diff.in_sync() {
         record_last_good(ctl, &state).await?;
         ctl.report(obj, State::InSync, Some(&diff), None);
-        return Ok(interval);
+        return Ok(steady);
     }
     if ctl.settings.dry_run {
         ctl.report(
@@ -103,7 +103,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
             Some(&diff),
             Some("dry run: not applied".into()),
         );
-        return Ok(interval);
+        return Ok(steady);
     }
     if let Some(wait) = capacity_gate(ctl, cluster, spec, &state).await? {
         ctl.report(obj, State::Progressing, Some(&diff), Some(wait));
