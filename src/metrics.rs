@@ -46,6 +46,22 @@ pub enum MetricsError {
     },
 }
 
+/// Creates a collector and registers it, naming the metric in either error.
+fn register<C>(
+    registry: &Registry,
+    name: &'static str,
+    created: prometheus::Result<C>,
+) -> Result<C, MetricsError>
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    let collector = created.map_err(|source| MetricsError::Create { name, source })?;
+    registry
+        .register(Box::new(collector.clone()))
+        .map_err(|source| MetricsError::Register { name, source })?;
+    Ok(collector)
+}
+
 /// The controller's metrics, in a registry of their own. Cloning shares the same series.
 #[derive(Clone)]
 pub struct Metrics {
@@ -75,170 +91,128 @@ impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
 
-        let drift = IntGaugeVec::new(
-            Opts::new(
-                "ecs_reconciler_drift",
-                "Whether one managed field of a resource differs from the manifest: 1 drifted, \
-                 0 in sync. One series per field the manifest manages; a field the manifest \
-                 stops managing loses its series.",
+        let drift = register(
+            &registry,
+            "ecs_reconciler_drift",
+            IntGaugeVec::new(
+                Opts::new(
+                    "ecs_reconciler_drift",
+                    "Whether one managed field of a resource differs from the manifest: 1 drifted, \
+                     0 in sync. One series per field the manifest manages; a field the manifest \
+                     stops managing loses its series.",
+                ),
+                &["kind", "resource", "field"],
             ),
-            &["kind", "resource", "field"],
-        )
-        .map_err(|source| MetricsError::Create {
-            name: "ecs_reconciler_drift",
-            source,
-        })?;
-        let resource_state = IntGaugeVec::new(
-            Opts::new(
-                "ecs_reconciler_resource_state",
-                "The state of each managed resource: 1 for its current state, 0 for the others. \
-                 States: in_sync, drifted, progressing (a rollout is being proven stable), \
-                 rolled_back, quarantined (changes stopped until a person acts), error (the \
-                 last reconcile failed), missing (in the manifest but not in the cloud).",
+        )?;
+        let resource_state = register(
+            &registry,
+            "ecs_reconciler_resource_state",
+            IntGaugeVec::new(
+                Opts::new(
+                    "ecs_reconciler_resource_state",
+                    "The state of each managed resource: 1 for its current state, 0 for the \
+                     others. States: in_sync, drifted, progressing (a rollout is being proven stable), \
+                     rolled_back, quarantined (changes stopped until a person acts), error (the \
+                     last reconcile failed), missing (in the manifest but not in the cloud).",
+                ),
+                &["kind", "resource", "state"],
             ),
-            &["kind", "resource", "state"],
-        )
-        .map_err(|source| MetricsError::Create {
-            name: "ecs_reconciler_resource_state",
-            source,
-        })?;
-        let reconciles = IntCounterVec::new(
-            Opts::new(
-                "ecs_reconciler_reconciles_total",
-                "Reconciles of one resource, by resource kind and result (ok or error). The \
-                 error rate is rate(result=\"error\") over rate of all results.",
+        )?;
+        let reconciles = register(
+            &registry,
+            "ecs_reconciler_reconciles_total",
+            IntCounterVec::new(
+                Opts::new(
+                    "ecs_reconciler_reconciles_total",
+                    "Reconciles of one resource, by resource kind and result (ok or error). The \
+                     error rate is rate(result=\"error\") over rate of all results.",
+                ),
+                &["kind", "result"],
             ),
-            &["kind", "result"],
-        )
-        .map_err(|source| MetricsError::Create {
-            name: "ecs_reconciler_reconciles_total",
-            source,
-        })?;
-        let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "ecs_reconciler_reconcile_duration_seconds",
-                "Time to reconcile one resource (observe, diff, apply), by resource kind. \
-                 Waiting for a rollout to become stable is not included.",
-            )
-            .buckets(RECONCILE_BUCKETS.to_vec()),
-            &["kind"],
-        )
-        .map_err(|source| MetricsError::Create {
-            name: "ecs_reconciler_reconcile_duration_seconds",
-            source,
-        })?;
-        let changes = IntCounterVec::new(
-            Opts::new(
-                "ecs_reconciler_changes_total",
-                "Changes the controller made in the cloud, by resource kind and action \
-                 (register_task_definition, update_service, update_auto_scaling_group, \
-                 drain_instances, terminate_instance, rollback, tag_service). Nonzero in steady \
-                 state means something keeps undoing the manifest.",
+        )?;
+        let reconcile_duration = register(
+            &registry,
+            "ecs_reconciler_reconcile_duration_seconds",
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "ecs_reconciler_reconcile_duration_seconds",
+                    "Time to reconcile one resource (observe, diff, apply), by resource kind. \
+                     Waiting for a rollout to become stable is not included.",
+                )
+                .buckets(RECONCILE_BUCKETS.to_vec()),
+                &["kind"],
             ),
-            &["kind", "action"],
-        )
-        .map_err(|source| MetricsError::Create {
-            name: "ecs_reconciler_changes_total",
-            source,
-        })?;
-        let rollbacks = IntCounterVec::new(
-            Opts::new(
-                "ecs_reconciler_rollbacks_total",
-                "Rollouts that did not become stable and were rolled back to the last good \
-                 task definition, by resource.",
+        )?;
+        let changes = register(
+            &registry,
+            "ecs_reconciler_changes_total",
+            IntCounterVec::new(
+                    Opts::new(
+                        "ecs_reconciler_changes_total",
+                        "Changes the controller made in the cloud, by resource kind and action \
+                     (register_task_definition, update_service, update_auto_scaling_group, \
+                     drain_instances, terminate_instance, rollback, tag_service). Nonzero in \
+                     steady state means something keeps undoing the manifest.",
+                    ),
+                    &["kind", "action"],
+                ),
+        )?;
+        let rollbacks = register(
+            &registry,
+            "ecs_reconciler_rollbacks_total",
+            IntCounterVec::new(
+                Opts::new(
+                    "ecs_reconciler_rollbacks_total",
+                    "Rollouts that did not become stable and were rolled back to the last good \
+                     task definition, by resource.",
+                ),
+                &["resource"],
             ),
-            &["resource"],
-        )
-        .map_err(|source| MetricsError::Create {
-            name: "ecs_reconciler_rollbacks_total",
-            source,
-        })?;
-        let rollout_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "ecs_reconciler_rollout_duration_seconds",
-                "Time from applying a change to a service until its rollout was proven stable \
-                 or rolled back, by resource.",
-            )
-            .buckets(ROLLOUT_BUCKETS.to_vec()),
-            &["resource"],
-        )
-        .map_err(|source| MetricsError::Create {
-            name: "ecs_reconciler_rollout_duration_seconds",
-            source,
-        })?;
-        let aws_requests = IntCounterVec::new(
-            Opts::new(
-                "ecs_reconciler_aws_requests_total",
-                "AWS API calls, by service (ecs, autoscaling, elasticloadbalancing), operation \
-                 (DescribeServices, ...) and outcome (ok, throttled, not_found, access_denied, \
-                 transient, invalid, other). Watch outcome=\"throttled\" for API rate limits.",
+        )?;
+        let rollout_duration = register(
+            &registry,
+            "ecs_reconciler_rollout_duration_seconds",
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "ecs_reconciler_rollout_duration_seconds",
+                    "Time from applying a change to a service until its rollout was proven stable \
+                     or rolled back, by resource.",
+                )
+                .buckets(ROLLOUT_BUCKETS.to_vec()),
+                &["resource"],
             ),
-            &["service", "operation", "outcome"],
-        )
-        .map_err(|source| MetricsError::Create {
-            name: "ecs_reconciler_aws_requests_total",
-            source,
-        })?;
-        let manifest_valid = IntGauge::new(
+        )?;
+        let aws_requests = register(
+            &registry,
+            "ecs_reconciler_aws_requests_total",
+            IntCounterVec::new(
+                Opts::new(
+                    "ecs_reconciler_aws_requests_total",
+                    "AWS API calls, by service (ecs, autoscaling, elasticloadbalancing), operation \
+                     (DescribeServices, ...) and outcome (ok, throttled, not_found, access_denied, \
+                     transient, invalid, other). Watch outcome=\"throttled\" for API rate limits.",
+                ),
+                &["service", "operation", "outcome"],
+            ),
+        )?;
+        let manifest_valid = register(
+            &registry,
             "ecs_reconciler_manifest_valid",
-            "Whether the manifest last read from disk is valid: 1 valid, 0 invalid. While 0 the \
-             controller keeps reconciling against the last valid manifest.",
-        )
-        .map_err(|source| MetricsError::Create {
-            name: "ecs_reconciler_manifest_valid",
-            source,
-        })?;
-        let last_success = Gauge::new(
-            "ecs_reconciler_last_success_timestamp_seconds",
-            "Unix time at which the last full reconcile pass over every resource succeeded. \
-             Alert on time() minus this value.",
-        )
-        .map_err(|source| MetricsError::Create {
-            name: "ecs_reconciler_last_success_timestamp_seconds",
-            source,
-        })?;
-
-        let collectors: [(&'static str, Box<dyn prometheus::core::Collector>); 10] = [
-            ("ecs_reconciler_drift", Box::new(drift.clone())),
-            (
-                "ecs_reconciler_resource_state",
-                Box::new(resource_state.clone()),
-            ),
-            (
-                "ecs_reconciler_reconciles_total",
-                Box::new(reconciles.clone()),
-            ),
-            (
-                "ecs_reconciler_reconcile_duration_seconds",
-                Box::new(reconcile_duration.clone()),
-            ),
-            ("ecs_reconciler_changes_total", Box::new(changes.clone())),
-            (
-                "ecs_reconciler_rollbacks_total",
-                Box::new(rollbacks.clone()),
-            ),
-            (
-                "ecs_reconciler_rollout_duration_seconds",
-                Box::new(rollout_duration.clone()),
-            ),
-            (
-                "ecs_reconciler_aws_requests_total",
-                Box::new(aws_requests.clone()),
-            ),
-            (
+            IntGauge::new(
                 "ecs_reconciler_manifest_valid",
-                Box::new(manifest_valid.clone()),
+                "Whether the manifest last read from disk is valid: 1 valid, 0 invalid. While 0 \
+                 the controller keeps reconciling against the last valid manifest.",
             ),
-            (
+        )?;
+        let last_success = register(
+            &registry,
+            "ecs_reconciler_last_success_timestamp_seconds",
+            Gauge::new(
                 "ecs_reconciler_last_success_timestamp_seconds",
-                Box::new(last_success.clone()),
+                "Unix time of the last reconcile that succeeded. Alert on time() minus this value; \
+                 a single failing resource shows in ecs_reconciler_resource_state{state=\"error\"}.",
             ),
-        ];
-        for (name, collector) in collectors {
-            registry
-                .register(collector)
-                .map_err(|source| MetricsError::Register { name, source })?;
-        }
+        )?;
 
         Ok(Self {
             inner: Arc::new(Inner {
