@@ -111,9 +111,10 @@ impl Metrics {
                 Opts::new(
                     "ecs_reconciler_resource_state",
                     "The state of each managed resource: 1 for its current state, 0 for the \
-                     others. States: in_sync, drifted, progressing (a rollout is being proven stable), \
-                     rolled_back, quarantined (changes stopped until a person acts), error (the \
-                     last reconcile failed), missing (in the manifest but not in the cloud).",
+                     others. States: in_sync, drifted, progressing (a rollout is being proven \
+                     stable), rolled_back, quarantined (changes stopped until a person acts), \
+                     error (the last reconcile failed), missing (in the manifest but not in the \
+                     cloud).",
                 ),
                 &["kind", "resource", "state"],
             ),
@@ -147,15 +148,15 @@ impl Metrics {
             &registry,
             "ecs_reconciler_changes_total",
             IntCounterVec::new(
-                    Opts::new(
-                        "ecs_reconciler_changes_total",
-                        "Changes the controller made in the cloud, by resource kind and action \
+                Opts::new(
+                    "ecs_reconciler_changes_total",
+                    "Changes the controller made in the cloud, by resource kind and action \
                      (register_task_definition, update_service, update_auto_scaling_group, \
                      drain_instances, terminate_instance, rollback, tag_service). Nonzero in \
                      steady state means something keeps undoing the manifest.",
-                    ),
-                    &["kind", "action"],
                 ),
+                &["kind", "action"],
+            ),
         )?;
         let rollbacks = register(
             &registry,
@@ -209,8 +210,9 @@ impl Metrics {
             "ecs_reconciler_last_success_timestamp_seconds",
             Gauge::new(
                 "ecs_reconciler_last_success_timestamp_seconds",
-                "Unix time of the last reconcile that succeeded. Alert on time() minus this value; \
-                 a single failing resource shows in ecs_reconciler_resource_state{state=\"error\"}.",
+                "Unix time of the last reconcile that succeeded. Alert on time() minus this \
+                 value; a single failing resource shows in \
+                 ecs_reconciler_resource_state{state=\"error\"}.",
             ),
         )?;
 
