@@ -291,6 +291,8 @@ async fn scale_in(
 }
 
 /// A managed service in the cluster whose count is still coming down, if any.
+/// A quarantined service whose count is still drifted holds the scale-in until the manifest
+/// changes; the group reports it as the service it waits for.
 fn services_still_shrinking(ctl: &Controller, cluster: &str) -> Option<String> {
     let manifest = ctl.manifest();
     for (c, name, _) in manifest.services() {
