@@ -47,12 +47,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
         return Ok(steady);
     }
     if ctl.settings.dry_run {
-        ctl.report(
-            obj,
-            State::Drifted,
-            Some(&diff),
-            Some("dry run: not applied".into()),
-        );
+        ctl.report_dry_run(obj, &diff);
         return Ok(steady);
     }
 

@@ -312,6 +312,16 @@ impl Controller {
         });
     }
 
+    /// A drifted resource that `--dry-run` leaves as it is.
+    fn report_dry_run(&self, obj: &ObjectRef, diff: &ResourceDiff) {
+        self.report(
+            obj,
+            State::Drifted,
+            Some(diff),
+            Some("dry run: not applied".into()),
+        );
+    }
+
     /// Observes everything at once, so the reconciles a resync triggers share one batch of reads.
     async fn refresh_snapshot(&self) {
         let manifest = self.manifest();

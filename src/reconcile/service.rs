@@ -16,7 +16,7 @@ use crate::cloud::{CloudError, ErrorKind};
 use crate::diff::ResourceDiff;
 use crate::manifest::ServiceSpec;
 use crate::model::{ServiceUpdate, TargetHealth};
-use crate::observe::{service_diff, ServiceState};
+use crate::observe::{service_diff, service_key, ServiceState};
 use crate::taskdef::TaskDefinitionSpec;
 
 pub const TAG_LAST_GOOD_TD: &str = "ecs-reconciler/last-good-task-definition";
@@ -37,7 +37,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
     let manifest = ctl.manifest();
     let Some((cluster, name, spec)) = manifest
         .services()
-        .find(|(c, s, _)| format!("{c}/{s}") == obj.name)
+        .find(|(c, s, _)| service_key(c, s) == obj.name)
     else {
         return Ok(Action::AwaitChange);
     };
@@ -56,7 +56,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
     };
     let diff = service_diff(obj.name.clone(), spec, Some(&state));
     let fingerprint = spec.fingerprint();
-    resume_from_tags(ctl, obj, &state, &fingerprint);
+    resume_from_tags(ctl, obj, spec, &state, &fingerprint);
 
     if let Some(rollout) = ctl.record(obj).rollout {
         // A manifest that moved on while its rollout was in flight is rolled out at once
@@ -97,12 +97,7 @@ pub(super) async fn reconcile(ctl: &Controller, obj: &ObjectRef) -> Result<Actio
         return Ok(steady);
     }
     if ctl.settings.dry_run {
-        ctl.report(
-            obj,
-            State::Drifted,
-            Some(&diff),
-            Some("dry run: not applied".into()),
-        );
+        ctl.report_dry_run(obj, &diff);
         return Ok(steady);
     }
     if let Some(wait) = capacity_gate(ctl, cluster, spec, &state).await? {
@@ -150,7 +145,13 @@ async fn observe(
 
 /// After a restart the in-memory record is empty: take the rollout in flight and the quarantine
 /// from the service's tags.
-fn resume_from_tags(ctl: &Controller, obj: &ObjectRef, state: &ServiceState, fingerprint: &str) {
+fn resume_from_tags(
+    ctl: &Controller,
+    obj: &ObjectRef,
+    spec: &ServiceSpec,
+    state: &ServiceState,
+    fingerprint: &str,
+) {
     let record = ctl.record(obj);
     if record.reconciled {
         return;
@@ -168,13 +169,7 @@ fn resume_from_tags(ctl: &Controller, obj: &ObjectRef, state: &ServiceState, fin
             let scaled = *td == state.running.arn && service.desired_count == *count;
             deployed || scaled
         });
-    let spec_timeout = ctl
-        .manifest()
-        .services()
-        .find(|(c, s, _)| format!("{c}/{s}") == obj.name)
-        .map_or(Duration::from_secs(600), |(_, _, spec)| {
-            spec.rollout.timeout
-        });
+    let spec_timeout = spec.rollout.timeout;
     ctl.update_record(obj, |r| {
         if quarantine.is_some() {
             r.quarantine = quarantine;
