@@ -342,21 +342,27 @@ mod tests {
         }
     }
 
+    /// The diff of `spec` against a live service running `td`.
+    fn live_diff(
+        spec: &ServiceSpec,
+        desired: &TaskDefinitionSpec,
+        svc: &Service,
+        td: &TaskDefinition,
+    ) -> ResourceDiff {
+        let observed = ObservedService {
+            service: svc,
+            running: td,
+        };
+        service("c/web".into(), spec, Some(desired), Some(observed))
+    }
+
     #[test]
     fn a_service_deployed_from_the_manifest_shows_no_change() {
         let spec = service_spec(Some(3), "repo/web:v2");
         let desired = desired_task_definition(&spec, None).expect("file source");
         let td = running(as_aws_returns(&desired));
         let svc = live_service(3);
-        let diff = service(
-            "c/web".into(),
-            &spec,
-            Some(&desired),
-            Some(ObservedService {
-                service: &svc,
-                running: &td,
-            }),
-        );
+        let diff = live_diff(&spec, &desired, &svc, &td);
         assert!(diff.in_sync(), "{:#?}", diff.changes().collect::<Vec<_>>());
         assert!(diff
             .fields
@@ -370,15 +376,7 @@ mod tests {
         let desired = desired_task_definition(&spec, None).expect("file source");
         let td = running(as_aws_returns(&td_spec("repo/web:v1")));
         let svc = live_service(3);
-        let diff = service(
-            "c/web".into(),
-            &spec,
-            Some(&desired),
-            Some(ObservedService {
-                service: &svc,
-                running: &td,
-            }),
-        );
+        let diff = live_diff(&spec, &desired, &svc, &td);
         let changes: Vec<_> = diff.changes().collect();
         assert_eq!(changes.len(), 1, "{changes:#?}");
         assert_eq!(
@@ -394,15 +392,7 @@ mod tests {
         let desired = desired_task_definition(&spec, None).expect("file source");
         let td = running(desired.clone());
         let svc = live_service(7);
-        let diff = service(
-            "c/web".into(),
-            &spec,
-            Some(&desired),
-            Some(ObservedService {
-                service: &svc,
-                running: &td,
-            }),
-        );
+        let diff = live_diff(&spec, &desired, &svc, &td);
         assert!(diff.in_sync());
         assert!(!diff.fields.iter().any(|f| f.field == "desiredCount"));
     }
@@ -418,15 +408,7 @@ mod tests {
         }]);
         let td = running(live);
         let svc = live_service(1);
-        let diff = service(
-            "c/web".into(),
-            &spec,
-            Some(&desired),
-            Some(ObservedService {
-                service: &svc,
-                running: &td,
-            }),
-        );
+        let diff = live_diff(&spec, &desired, &svc, &td);
         let fields: Vec<_> = diff.changes().map(|f| f.field.as_str()).collect();
         assert_eq!(
             fields,
